@@ -1,0 +1,115 @@
+-- Heimdall schema, version 1. Every statement is idempotent: migrations run at every start-up.
+-- training_jobs and training_metrics follow the seed column for column (TIMESTAMP = naive UTC);
+-- the extra columns at their ends are the project's.
+
+CREATE TABLE IF NOT EXISTS training_jobs (
+    id UUID PRIMARY KEY,
+    job_name VARCHAR(255) NOT NULL,
+    celery_task_id VARCHAR(255) UNIQUE,
+    status VARCHAR(50) DEFAULT 'pending',
+    created_at TIMESTAMP,
+    started_at TIMESTAMP,
+    completed_at TIMESTAMP,
+
+    config JSONB NOT NULL,
+
+    current_epoch INTEGER DEFAULT 0,
+    total_epochs INTEGER NOT NULL,
+    progress_percent FLOAT DEFAULT 0.0,
+
+    train_loss FLOAT,
+    val_loss FLOAT,
+    train_accuracy FLOAT,
+    val_accuracy FLOAT,
+    learning_rate FLOAT,
+
+    best_epoch INTEGER,
+    best_val_loss FLOAT,
+
+    checkpoint_path VARCHAR(512),
+    onnx_model_path VARCHAR(512),
+    mlflow_run_id VARCHAR(255),
+
+    error_message TEXT,
+
+    dataset_size INTEGER,
+    train_samples INTEGER,
+    val_samples INTEGER,
+    model_architecture VARCHAR(100)
+);
+
+ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS dataset VARCHAR(100);
+ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS current_batch INTEGER;
+ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS total_batches INTEGER;
+ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS gradient_norm FLOAT;
+ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS last_event_id VARCHAR(40);
+ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS updated_at TIMESTAMP;
+
+CREATE INDEX IF NOT EXISTS training_jobs_created_idx ON training_jobs (created_at DESC, id);
+CREATE INDEX IF NOT EXISTS training_jobs_status_idx ON training_jobs (status, created_at DESC);
+
+-- Per-epoch rows have phase 'epoch' and batch NULL; per-batch rows phase 'train' (or 'val').
+CREATE TABLE IF NOT EXISTS training_metrics (
+    timestamp TIMESTAMP NOT NULL,
+    id UUID NOT NULL,
+    training_job_id UUID REFERENCES training_jobs(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    batch INTEGER,
+
+    train_loss FLOAT,
+    val_loss FLOAT,
+    train_accuracy FLOAT,
+    val_accuracy FLOAT,
+    learning_rate FLOAT,
+    gradient_norm FLOAT,
+
+    phase VARCHAR(20),
+
+    PRIMARY KEY (timestamp, id)
+);
+
+ALTER TABLE training_metrics ADD COLUMN IF NOT EXISTS epoch_time_s FLOAT;
+
+CREATE INDEX IF NOT EXISTS training_metrics_job_idx
+    ON training_metrics (training_job_id, phase, epoch, batch);
+
+-- Every event a job emitted, in order, for replay and resume. event_id is the Redis stream id;
+-- (id_ms, id_seq) order it numerically.
+CREATE TABLE IF NOT EXISTS training_events (
+    event_id VARCHAR(40) PRIMARY KEY,
+    id_ms BIGINT NOT NULL,
+    id_seq INTEGER NOT NULL,
+    training_job_id UUID NOT NULL REFERENCES training_jobs(id) ON DELETE CASCADE,
+    type VARCHAR(40) NOT NULL,
+    timestamp TIMESTAMP NOT NULL,
+    payload JSONB NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS training_events_job_idx
+    ON training_events (training_job_id, id_ms, id_seq);
+
+CREATE TABLE IF NOT EXISTS datasets (
+    name VARCHAR(100) PRIMARY KEY,
+    description TEXT,
+    created_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'utc')
+);
+
+CREATE TABLE IF NOT EXISTS recordings (
+    id UUID PRIMARY KEY,
+    dataset VARCHAR(100) NOT NULL REFERENCES datasets(name) ON DELETE CASCADE,
+    path VARCHAR(1024) NOT NULL,
+    label VARCHAR(100) NOT NULL,
+    snr_db FLOAT,
+    approved BOOLEAN NOT NULL DEFAULT TRUE,
+    sample_rate INTEGER NOT NULL,
+    duration_s FLOAT NOT NULL,
+    channels INTEGER NOT NULL DEFAULT 1,
+    created_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'utc')
+);
+
+CREATE INDEX IF NOT EXISTS recordings_dataset_idx ON recordings (dataset, label);
+
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    applied_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'utc')
+);

@@ -1,0 +1,159 @@
+"""Events: what happened to a job, as typed data.
+
+One tagged msgspec Struct per event type, one union, one decoder built once. Worker, API and
+recorder are deployed separately, so every event carries a schema version `v`, new fields get
+defaults, and decoders ignore fields they do not know.
+
+An event's id is the Redis stream id it was given when emitted (`<ms>-<seq>`); ids order events
+globally and per job. See `shared/emit.py`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Event(msgspec.Struct, tag_field="type", kw_only=True):
+    """Fields every event has."""
+
+    job_id: str
+    ts: float = msgspec.field(default_factory=time.time)
+    """Emission time, seconds since the epoch (UTC)."""
+    v: int = SCHEMA_VERSION
+
+
+class JobQueued(Event, tag="job_queued"):
+    task_id: str
+    total_epochs: int
+
+
+class JobStarted(Event, tag="job_started"):
+    worker: str = ""
+    attempt: int = 1
+    dataset_size: int = 0
+    train_samples: int = 0
+    val_samples: int = 0
+    num_classes: int = 0
+    total_batches: int = 0
+    """Training batches per epoch."""
+    start_epoch: int = 1
+    device: str = "cpu"
+
+
+class BatchPoint(msgspec.Struct, array_like=True):
+    """One training batch, compact: [epoch, batch, loss, accuracy, learning_rate, grad_norm, ts]."""
+
+    epoch: int
+    batch: int
+    loss: float
+    accuracy: float
+    learning_rate: float
+    gradient_norm: float | None
+    ts: float
+
+
+class BatchProgress(Event, tag="batch_progress"):
+    """Every training batch since the previous BatchProgress, emitted a few times per second."""
+
+    epoch: int
+    batch: int
+    """The last batch covered (1-based)."""
+    total_batches: int
+    points: list[BatchPoint] = []
+
+
+class EpochCompleted(Event, tag="epoch_completed"):
+    epoch: int
+    total_epochs: int
+    train_loss: float
+    val_loss: float | None
+    train_accuracy: float
+    val_accuracy: float | None
+    learning_rate: float
+    gradient_norm: float | None = None
+    epoch_time_s: float = 0.0
+    is_best: bool = False
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+
+
+class CheckpointSaved(Event, tag="checkpoint_saved"):
+    epoch: int
+    path: str
+    kind: str = "last"
+    """`best` or `last` (or `pause`)."""
+
+
+class JobCompleted(Event, tag="job_completed"):
+    epochs_run: int
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    checkpoint_path: str | None = None
+    onnx_model_path: str | None = None
+    onnx_max_abs_diff: float | None = None
+    stopped_early: bool = False
+
+
+class JobFailed(Event, tag="job_failed"):
+    error_message: str
+
+
+class JobCancelled(Event, tag="job_cancelled"):
+    reason: str = "cancelled by user"
+
+
+class JobWarning(Event, tag="job_warning"):
+    message: str
+
+
+AnyEvent = (
+    JobQueued
+    | JobStarted
+    | BatchProgress
+    | EpochCompleted
+    | CheckpointSaved
+    | JobCompleted
+    | JobFailed
+    | JobCancelled
+    | JobWarning
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> AnyEvent:
+    """Decode one event; raises msgspec.DecodeError/ValidationError for unknown or bad data."""
+    return _decoder.decode(data)
+
+
+def status_of(event: Event) -> str | None:
+    """The job status an event moves a job to, or None when it carries no status change."""
+    match event:
+        case JobQueued():
+            return "queued"
+        case JobStarted() | BatchProgress() | EpochCompleted():
+            return "running"
+        case JobCompleted():
+            return "completed"
+        case JobFailed():
+            return "failed"
+        case JobCancelled():
+            return "cancelled"
+    return None
+
+
+def parse_event_id(event_id: str) -> tuple[int, int]:
+    """`"1732790000000-3"` → `(1732790000000, 3)`; raises ValueError on anything else."""
+    ms, _, seq = event_id.partition("-")
+    if not ms.isdigit() or not (seq.isdigit() or seq == ""):
+        raise ValueError(f"not an event id: {event_id!r} (expected <milliseconds>-<sequence>)")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,38 @@
+"""Every Redis key and channel name, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "heimdall"
+
+EVENTS_STREAM = f"{PREFIX}:events"
+"""All jobs' events; consumed by the recorders' group, trimmed only below what is persisted."""
+
+RECORDER_GROUP = "recorders"
+
+COMMANDS_STREAM = f"{PREFIX}:commands"
+"""Commands from the API to the workers (see shared/commands.py)."""
+
+COMMANDS_MAXLEN = 10_000
+
+ARQ_QUEUE = f"{PREFIX}:queue"
+"""The arq queue that hands each training job to one worker."""
+
+
+def job_stream(job_id: str) -> str:
+    """One job's events, a bounded window kept for resume and replay."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def job_channel(job_id: str) -> str:
+    """Pub/sub channel with one job's live events."""
+    return f"{PREFIX}:job:{job_id}:live"
+
+
+def cancel_flag(job_id: str) -> str:
+    """Set when a job is cancelled or deleted, so a worker that picks it up later never starts it."""
+    return f"{PREFIX}:job:{job_id}:cancel"
+
+
+def replay_channel(job_id: str) -> str:
+    """Where `heimdall replay` re-emits a recorded job's events for a frontend to watch."""
+    return f"{PREFIX}:replay:{job_id}:live"

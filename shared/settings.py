@@ -1,0 +1,95 @@
+"""Typed settings, built once from the environment at start-up and passed in."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a Heimdall process needs to know about its surroundings."""
+
+    redis_url: str | None = None
+    """Redis/Valkey URL. None means: start (or join) the embedded Valkey under `data_dir`."""
+
+    database_url: str | None = field(default=None, repr=False)
+    """PostgreSQL DSN (may carry a password, hence hidden from repr). None means embedded."""
+
+    data_dir: Path = Path(".heimdall")
+    """Root for datasets, checkpoints, ONNX files and the embedded servers' data."""
+
+    api_token: str | None = field(default=None, repr=False)
+    """When set, every REST and WebSocket call must present it as a bearer token."""
+
+    host: str = "127.0.0.1"
+    """Interface the API binds to."""
+
+    port: int = 8001
+    """Port the API binds to."""
+
+    job_stream_maxlen: int = 10_000
+    """Events kept per job in Redis for resume; older ones are served from the database."""
+
+    heartbeat_s: float = 5.0
+    """Longest silence on a WebSocket before a `training_status` heartbeat is sent."""
+
+    progress_interval_s: float = 0.25
+    """Batch progress is published at most this often (a few per second)."""
+
+    cancel_grace_s: float = 1.0
+    """After a cancel, how long a training process may take to stop before it is killed."""
+
+    log_json: bool = False
+    """Logs as JSON lines (for production) instead of coloured console lines."""
+
+    log_level: str = "INFO"
+    """Minimum log level."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the given fields replaced; `None` values are ignored (flag not given)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "data_dir" in given:
+            given["data_dir"] = Path(given["data_dir"])
+        return replace(self, **given)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where each job keeps its checkpoints and ONNX model, one folder per job id."""
+        return self.data_dir / "jobs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Where recordings' signal files live, one folder per dataset."""
+        return self.data_dir / "datasets"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `HEIMDALL_*` variables; unset or empty ones keep their defaults."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(f"HEIMDALL_{name}")
+            return value if value else None
+
+        base = cls()
+        return cls(
+            redis_url=get("REDIS_URL"),
+            database_url=get("DATABASE_URL"),
+            data_dir=Path(get("DATA_DIR") or base.data_dir),
+            api_token=get("API_TOKEN"),
+            host=get("HOST") or base.host,
+            port=int(get("PORT") or base.port),
+            job_stream_maxlen=int(get("JOB_STREAM_MAXLEN") or base.job_stream_maxlen),
+            heartbeat_s=float(get("HEARTBEAT_S") or base.heartbeat_s),
+            progress_interval_s=float(get("PROGRESS_INTERVAL_S") or base.progress_interval_s),
+            cancel_grace_s=float(get("CANCEL_GRACE_S") or base.cancel_grace_s),
+            log_json=(get("LOG_JSON") or "").lower() in {"1", "true", "yes"},
+            log_level=(get("LOG_LEVEL") or base.log_level).upper(),
+        )

