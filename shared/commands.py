@@ -8,6 +8,7 @@ which hands each job to exactly one worker.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 
@@ -18,6 +19,10 @@ class Command(msgspec.Struct, tag_field="type", kw_only=True):
     job_id: str
     ts: float = msgspec.field(default_factory=time.time)
     v: int = SCHEMA_VERSION
+
+    def type_name(self) -> str:
+        """The tag this command travels under (`submit`, `cancel`, ...)."""
+        return str(type(self).__struct_config__.tag)
 
 
 class SubmitJob(Command, tag="submit"):
@@ -52,3 +57,25 @@ def encode_command(command: Command) -> bytes:
 
 def decode_command(data: bytes | str) -> AnyCommand:
     return _decoder.decode(data)
+
+
+async def send_command(client: Any, command: Command) -> str:
+    """Append a command to the commands stream and return its id.
+
+    A cancel or delete also sets the job's cancel flag, in the same transaction, so a worker
+    that picks the job up later (or that was not listening yet) never starts it.
+    """
+    from shared import keys
+
+    pipe = client.pipeline(transaction=True)
+    if isinstance(command, CancelJob | DeleteJob):
+        pipe.set(keys.cancel_flag(command.job_id), command.type_name(), ex=7 * 24 * 3600)
+    pipe.xadd(
+        keys.COMMANDS_STREAM,
+        {"job": command.job_id, "data": encode_command(command)},
+        maxlen=keys.COMMANDS_MAXLEN,
+        approximate=True,
+    )
+    results = await pipe.execute()
+    event_id = results[-1]
+    return event_id.decode() if isinstance(event_id, bytes) else str(event_id)

@@ -40,13 +40,27 @@ async def add_recordings(conn: asyncpg.Connection, dataset: str, rows: list[Reco
     await conn.copy_records_to_table(
         "recordings",
         columns=[
-            "id", "dataset", "path", "label", "snr_db", "approved",
-            "sample_rate", "duration_s", "channels",
+            "id",
+            "dataset",
+            "path",
+            "label",
+            "snr_db",
+            "approved",
+            "sample_rate",
+            "duration_s",
+            "channels",
         ],
         records=[
             (
-                uuid.UUID(r.id), dataset, r.path, r.label, r.snr_db, r.approved,
-                r.sample_rate, r.duration_s, r.channels,
+                uuid.UUID(r.id),
+                dataset,
+                r.path,
+                r.label,
+                r.snr_db,
+                r.approved,
+                r.sample_rate,
+                r.duration_s,
+                r.channels,
             )
             for r in rows
         ],
@@ -73,9 +87,14 @@ async def write_synthetic(
         write_wav(path, rec.samples, rec.sample_rate)
         rows.append(
             Recording(
-                id=rid, path=str(path.resolve()), label=rec.label, snr_db=rec.snr_db,
-                approved=rec.approved, sample_rate=rec.sample_rate,
-                duration_s=rec.samples.size / rec.sample_rate, channels=1,
+                id=rid,
+                path=str(path.resolve()),
+                label=rec.label,
+                snr_db=rec.snr_db,
+                approved=rec.approved,
+                sample_rate=rec.sample_rate,
+                duration_s=rec.samples.size / rec.sample_rate,
+                channels=1,
             )
         )
     return await add_recordings(conn, name, rows)
@@ -110,11 +129,14 @@ def scan_import_dir(root: Path) -> list[Recording]:
         snr = meta.get("snr_db")
         rows.append(
             Recording(
-                id=str(uuid.uuid4()), path=str(path.resolve()),
+                id=str(uuid.uuid4()),
+                path=str(path.resolve()),
                 label=meta.get("label") or path.parent.name,
                 snr_db=float(snr) if snr not in (None, "") else None,
                 approved=_truthy(meta["approved"]) if meta.get("approved") else True,
-                sample_rate=rate, duration_s=samples.shape[1] / rate, channels=samples.shape[0],
+                sample_rate=rate,
+                duration_s=samples.shape[1] / rate,
+                channels=samples.shape[0],
             )
         )
     if not rows:
@@ -124,7 +146,9 @@ def scan_import_dir(root: Path) -> list[Recording]:
 
 async def summarize(conn: asyncpg.Connection, name: str) -> dict[str, Any] | None:
     """Counts per class, approved count and SNR range of one dataset; None if it does not exist."""
-    ds = await conn.fetchrow("SELECT name, description, created_at FROM datasets WHERE name=$1", name)
+    ds = await conn.fetchrow(
+        "SELECT name, description, created_at FROM datasets WHERE name=$1", name
+    )
     if ds is None:
         return None
     stats = await conn.fetchrow(

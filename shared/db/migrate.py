@@ -27,7 +27,9 @@ async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
     return conn
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kw: Any) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, **kw: Any
+) -> asyncpg.Pool:
     """A pool whose connections decode JSONB to Python values."""
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kw
@@ -77,7 +79,7 @@ async def wait_for_database(dsn: str, *, timeout: float = 30.0) -> None:
             conn = await asyncpg.connect(dsn, timeout=5)
             await conn.close()
             return
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.2)
