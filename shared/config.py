@@ -103,7 +103,7 @@ def parse_config(raw: Any) -> TrainingConfig:
 
 
 def _field_from_error(message: str) -> str | None:
-    """msgspec says `... - at `$.batch_size``; unknown keys say "Object contains unknown field `x`"."""
+    """The field named in a msgspec message (`... - at `$.x``, or `unknown field `x``)."""
     if "at `$." in message:
         return message.rsplit("at `$.", 1)[1].split("`", 1)[0].split("[", 1)[0].split(".", 1)[0]
     if "unknown field `" in message:

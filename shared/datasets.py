@@ -158,7 +158,8 @@ async def summarize(conn: asyncpg.Connection, name: str) -> dict[str, Any] | Non
         name,
     )
     classes = await conn.fetch(
-        "SELECT label, count(*) AS n FROM recordings WHERE dataset=$1 GROUP BY label ORDER BY label",
+        "SELECT label, count(*) AS n FROM recordings WHERE dataset=$1"
+        " GROUP BY label ORDER BY label",
         name,
     )
     return {

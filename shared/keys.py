@@ -29,7 +29,7 @@ def job_channel(job_id: str) -> str:
 
 
 def cancel_flag(job_id: str) -> str:
-    """Set when a job is cancelled or deleted, so a worker that picks it up later never starts it."""
+    """Set on cancel or delete, so a worker that picks the job up later never starts it."""
     return f"{PREFIX}:job:{job_id}:cancel"
 
 

@@ -46,7 +46,7 @@ async def has_timescale(conn: asyncpg.Connection) -> bool:
 
 
 async def migrate(conn: asyncpg.Connection) -> None:
-    """Bring the schema up to date; safe to run any number of times, from any number of processes."""
+    """Bring the schema up to date; safe to run any number of times, from many processes."""
     sql = resources.files("shared.db").joinpath("schema.sql").read_text()
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
