@@ -87,7 +87,7 @@ class TrainingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return,unused-ignore]
 
 
 def parse_config(raw: Any) -> TrainingConfig:

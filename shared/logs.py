@@ -11,7 +11,7 @@ import structlog
 def configure_logging(level: str = "INFO", json: bool = False) -> None:
     """Route structlog and stdlib logging through one renderer; bind `job_id` with
     `structlog.contextvars.bind_contextvars(job_id=...)` or `log.bind(job_id=...)`."""
-    shared = [
+    shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

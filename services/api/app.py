@@ -1,0 +1,39 @@
+"""The Litestar application: REST, WebSocket, dashboard. Built by `create_app(settings)`."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from services.api.auth import token_guard
+from services.api.errors import EXCEPTION_HANDLERS
+from services.api.jobs import JobsController
+from services.api.misc import DatasetsController, health, ready
+from services.api.resources import lifespan
+from shared.settings import Settings
+
+
+def create_app(settings: Settings) -> Litestar:
+    """The API for these settings; store URLs must be resolved (see services.cli.embedded)."""
+    handlers: list = [JobsController, DatasetsController, health, ready]
+    try:  # the WebSocket endpoint lives in its own module
+        from services.api.ws import ws_routes
+
+        handlers.extend(ws_routes())
+    except ImportError:
+        pass
+    return Litestar(
+        route_handlers=handlers,
+        lifespan=[lifespan(settings)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        guards=[token_guard(settings.api_token)] if settings.api_token else [],
+        openapi_config=OpenAPIConfig(
+            title="Heimdall Training",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/")],
+        ),
+        request_max_body_size=1024 * 1024,
+        debug=False,
+    )

@@ -1,0 +1,36 @@
+"""Bearer-token auth for REST and WebSocket, when HEIMDALL_API_TOKEN is set."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Guard
+
+OPEN_PATHS = frozenset({"/health"})
+"""Liveness stays open so that orchestrators can probe without a secret; it reveals nothing."""
+
+
+def presented_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    header = connection.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return value.strip()
+    return connection.query_params.get("token")
+
+
+def token_guard(expected: str) -> Guard:
+    """A guard that admits a connection only with the right token (constant-time compare)."""
+    expected_bytes = expected.encode()
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if connection.url.path in OPEN_PATHS:
+            return
+        given = presented_token(connection)
+        if given is None or not hmac.compare_digest(given.encode(), expected_bytes):
+            raise NotAuthorizedException("a valid bearer token is required")
+
+    return guard

@@ -1,0 +1,214 @@
+"""REST endpoints of training jobs."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import structlog
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import File
+from msgspec import Meta
+from redis.exceptions import RedisError
+
+from services.api import store, views
+from services.api.errors import Conflict, InvalidInput, NotFound, Unavailable
+from services.api.resources import Resources
+from shared import keys
+from shared.commands import CancelJob, DeleteJob, SubmitJob, send_command
+from shared.config import ConfigError, TrainingConfig
+from shared.events import JobCancelled, JobQueued
+from shared.jobs import fetch_job, insert_job
+from shared.status import ACTIVE, TERMINAL, JobStatus
+
+log = structlog.get_logger(__name__)
+
+JobName = Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class CreateJob(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /training/jobs. Every config field is optional and has the seed's default."""
+
+    job_name: JobName
+    config: TrainingConfig = msgspec.field(default_factory=TrainingConfig)
+
+
+_strict_decoder = msgspec.json.Decoder(CreateJob)
+
+
+def _field_of(message: str) -> str | None:
+    if "at `$." in message:
+        return message.rsplit("at `$.", 1)[1].rstrip("`")
+    return None
+
+
+def _res(state: State) -> Resources:
+    return state.resources  # type: ignore[no-any-return,unused-ignore]
+
+
+async def _job_or_404(res: Resources, job_id: str) -> Any:
+    async with res.db.acquire() as conn:
+        row = await fetch_job(conn, job_id)
+    if row is None:
+        raise NotFound(f"no training job with id {job_id!r}")
+    return row
+
+
+def websocket_url(request: Request[Any, Any, Any], job_id: str) -> str:
+    """Built from the request's own scheme, host and port, so proxies and ports just work."""
+    scheme = "wss" if request.url.scheme == "https" else "ws"
+    host = request.headers.get("host") or request.url.netloc
+    return f"{scheme}://{host}/ws/training/{job_id}"
+
+
+class JobsController(Controller):
+    path = "/api/v1/training/jobs"
+    tags = ["training jobs"]
+
+    @post("/", status_code=201, summary="Create a training job")
+    async def create(
+        self, data: JSONBody[CreateJob], state: State, request: Request[Any, Any, Any]
+    ) -> dict[str, Any]:
+        res = _res(state)
+        # Litestar converts leniently ("5" → 5, 1 → True); a training config must not guess,
+        # so the body is decoded once more, strictly, as JSON.
+        try:
+            data = _strict_decoder.decode(await request.body())
+        except msgspec.ValidationError as exc:
+            raise InvalidInput(str(exc), _field_of(str(exc))) from None
+        try:
+            data.config.check()
+        except ConfigError as exc:
+            raise InvalidInput(f"config.{exc.field}: {exc}", f"config.{exc.field}") from None
+        job_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+        async with res.db.acquire() as conn:
+            row = await insert_job(conn, data.job_name, data.config, job_id=job_id, task_id=task_id)
+        # The row is committed before the job is queued, so a worker or the recorder that
+        # sees the job at once also finds its row.
+        try:
+            await send_command(res.redis, SubmitJob(job_id=job_id, task_id=task_id))
+            await res.redis.enqueue_job("train_job", job_id, _job_id=task_id)
+            await res.emitter.emit(
+                JobQueued(job_id=job_id, task_id=task_id, total_epochs=data.config.epochs)
+            )
+        except (RedisError, OSError) as exc:
+            await store.delete_job(res.db, job_id)
+            raise Unavailable(f"the job queue (Redis) is unreachable: {exc}") from None
+        log.info("job created", job_id=job_id, task_id=task_id)
+        return views.created_body(row)
+
+    @get("/", summary="List training jobs, newest first")
+    async def list_jobs(
+        self,
+        state: State,
+        status: FromQuery[JobStatus | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
+        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        rows, total = await store.list_jobs(_res(state).db, status, limit, offset)
+        return {"jobs": [views.job_summary(r) for r in rows], "total": total}
+
+    @get("/{job_id:str}", summary="One job with its recent metrics and live URL")
+    async def get_job(
+        self, job_id: FromPath[str], state: State, request: Request[Any, Any, Any]
+    ) -> dict[str, Any]:
+        res = _res(state)
+        row = await _job_or_404(res, job_id)
+        return {
+            "job": views.job_detail(row),
+            "recent_metrics": await store.recent_epochs(res.db, job_id, 10),
+            "websocket_url": websocket_url(request, job_id),
+        }
+
+    @delete("/{job_id:str}", status_code=204, summary="Cancel if active, then delete every trace")
+    async def delete_job(self, job_id: FromPath[str], state: State) -> None:
+        res = _res(state)
+        row = await _job_or_404(res, job_id)
+        if row["status"] in ACTIVE:
+            await send_command(res.redis, DeleteJob(job_id=job_id))
+        await store.delete_job(res.db, job_id)
+        await res.redis.delete(keys.job_stream(job_id))
+        _remove_artifacts(res.settings.artifacts_dir, job_id)
+        log.info("job deleted", job_id=job_id)
+
+    @post("/{job_id:str}/cancel", status_code=200, summary="Stop the job, keep its data")
+    async def cancel(self, job_id: FromPath[str], state: State) -> dict[str, Any]:
+        res = _res(state)
+        row = await _job_or_404(res, job_id)
+        if row["status"] in TERMINAL:
+            raise Conflict(f"job {job_id} is already {row['status']}; nothing to cancel")
+        # The command stops a running worker (and keeps a queued job from ever starting); the
+        # event makes the cancellation visible at once, live and in the database, even when
+        # no worker is alive. Later events of the job cannot move it back: statuses only move
+        # forward.
+        await send_command(res.redis, CancelJob(job_id=job_id))
+        await res.emitter.emit(JobCancelled(job_id=job_id))
+        now = await store.mark_status(res.db, job_id, JobStatus.CANCELLED)
+        log.info("job cancelled", job_id=job_id)
+        return {"job": views.job_detail(now if now is not None else row)}
+
+    @get("/{job_id:str}/metrics", summary="Metrics for charts")
+    async def metrics(
+        self,
+        job_id: FromPath[str],
+        state: State,
+        limit: Annotated[int | None, QueryParameter(ge=1, le=1_000_000)] = None,
+        phase: Annotated[str, QueryParameter(pattern="^(epoch|train|val|test)$")] = "epoch",
+        points: Annotated[int | None, QueryParameter(ge=2, le=100_000)] = None,
+    ) -> Response[bytes]:
+        res = _res(state)
+        await _job_or_404(res, job_id)
+        body = await store.metrics_json(res.db, job_id, phase, limit, points)
+        head = f'{{"job_id":"{job_id}","phase":"{phase}","metrics":'.encode()
+        return Response(head + body + b"}", media_type="application/json")
+
+    @get("/{job_id:str}/events", summary="The job's event log, in order")
+    async def events(
+        self,
+        job_id: FromPath[str],
+        state: State,
+        after: Annotated[str | None, QueryParameter(pattern=r"^\d+-\d+$", max_length=40)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
+    ) -> Response[bytes]:
+        res = _res(state)
+        await _job_or_404(res, job_id)
+        events = await store.events_after(res.db, res.redis, job_id, after, limit)
+        last = events[-1].event_id if events else after
+        body = msgspec.json.encode({"job_id": job_id, "events": events, "last_event_id": last})
+        return Response(body, media_type="application/json")
+
+    @get("/{job_id:str}/artifacts/{kind:str}", summary="Download the checkpoint or ONNX model")
+    async def artifact(self, job_id: FromPath[str], kind: FromPath[str], state: State) -> File:
+        res = _res(state)
+        row = await _job_or_404(res, job_id)
+        column = {"checkpoint": "checkpoint_path", "onnx": "onnx_model_path"}.get(kind)
+        if column is None:
+            raise NotFound(f"no artifact kind {kind!r}; use 'checkpoint' or 'onnx'")
+        stored = row[column]
+        if not stored:
+            raise NotFound(f"job {job_id} has no {kind} yet")
+        path = _inside_job_dir(res.settings.artifacts_dir, job_id, stored)
+        if path is None or not path.is_file():
+            raise NotFound(f"the {kind} file of job {job_id} is missing")
+        return File(path=path, filename=f"{job_id}-{path.name}")
+
+
+def _job_dir(artifacts_dir: Path, job_id: str) -> Path:
+    return (artifacts_dir / str(uuid.UUID(job_id))).resolve()
+
+
+def _inside_job_dir(artifacts_dir: Path, job_id: str, stored: str) -> Path | None:
+    """The stored path, only if it lies inside the job's own directory."""
+    root = _job_dir(artifacts_dir, job_id)
+    path = Path(stored)
+    path = (path if path.is_absolute() else root / path).resolve()
+    return path if path.is_relative_to(root) else None
+
+
+def _remove_artifacts(artifacts_dir: Path, job_id: str) -> None:
+    shutil.rmtree(_job_dir(artifacts_dir, job_id), ignore_errors=True)

@@ -1,0 +1,60 @@
+"""What the API holds open while it runs, owned by the app's lifespan and closed in reverse."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from litestar import Litestar
+
+from shared import keys
+from shared.db import create_pool as create_db_pool
+from shared.db import migrate
+from shared.emit import AsyncEmitter
+from shared.settings import Settings
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    db: asyncpg.Pool
+    redis: ArqRedis
+    """Also the arq queue client: an ArqRedis is a redis.asyncio.Redis."""
+    emitter: AsyncEmitter
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    assert settings.redis_url and settings.database_url, "resolve store URLs before the API starts"
+    async with AsyncExitStack() as stack:
+        pool = await create_db_pool(settings.database_url, min_size=1, max_size=10)
+        stack.push_async_callback(pool.close)
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        redis = await create_pool(
+            RedisSettings.from_dsn(settings.redis_url),
+            default_queue_name=keys.ARQ_QUEUE,
+            retry=3,
+        )
+        stack.push_async_callback(redis.aclose)
+        yield Resources(
+            settings=settings,
+            db=pool,
+            redis=redis,
+            emitter=AsyncEmitter(redis, settings.job_stream_maxlen),
+        )
+
+
+def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """A Litestar lifespan that opens the resources into `app.state.resources`."""
+
+    @asynccontextmanager
+    async def _lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_resources(settings) as resources:
+            app.state.resources = resources
+            yield
+
+    return _lifespan
