@@ -1,0 +1,416 @@
+"""The training loop: a plain typed function from a TrainingConfig to artifacts and events.
+
+`train(spec, sink, stop)` emits JobStarted, BatchProgress, EpochCompleted and CheckpointSaved
+through `sink`, checks `stop` every batch (training and validation), and returns a TrainResult;
+the caller decides whether JobCompleted may still be emitted (see `process.py`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from services.worker import ddp
+from services.worker.checkpoint import (
+    BEST,
+    LAST,
+    ONNX,
+    cpu_state_dict,
+    load_checkpoint,
+    save_checkpoint,
+)
+from services.worker.data import (
+    SignalFormat,
+    Split,
+    WaveformDataset,
+    check_recordings,
+    make_loader,
+    signal_format,
+    stratified_split,
+)
+from services.worker.ddp import SINGLE, DistInfo
+from services.worker.errors import TrainingCancelled
+from services.worker.features import FeatureExtractor, FeatureParams, LogMel, finish_stats
+from services.worker.features import compute_stats as feature_sums
+from services.worker.hardware import resolve_device, uses_amp
+from services.worker.model import build_model
+from services.worker.onnx_export import export_onnx
+from services.worker.optim import EarlyStopping, LrSchedule, build_optimizer
+from services.worker.progress import EventSink, ProgressReporter, StopSignal
+from shared.config import TrainingConfig
+from shared.datasets import Recording
+from shared.events import CheckpointSaved, EpochCompleted, JobStarted
+
+log = structlog.get_logger(__name__)
+Batches = DataLoader[tuple[torch.Tensor, int]]
+
+
+@dataclass
+class TrainSpec:
+    """One job's training run: what to train and where its artifacts go."""
+
+    job_id: str
+    config: TrainingConfig
+    recordings: list[Recording]
+    out_dir: Path
+    worker: str = ""
+    attempt: int = 1
+    progress_interval_s: float = 0.25
+    export_onnx: bool = True
+
+
+@dataclass
+class TrainResult:
+    epochs_run: int
+    best_epoch: int | None
+    best_val_loss: float | None
+    stopped_early: bool
+    checkpoint_path: str | None
+    last_checkpoint_path: str | None
+    onnx_model_path: str | None
+    onnx_max_abs_diff: float | None
+    seed: int
+    history: list[EpochCompleted] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """Everything built before the first epoch (exposed for tests and the benchmark)."""
+
+    spec: TrainSpec
+    info: DistInfo
+    device: torch.device
+    seed: int
+    split: Split
+    params: FeatureParams
+    train_loader: Batches
+    val_loader: Batches
+    network: nn.Module
+    """The model itself; `model` may be its DDP wrapper."""
+    model: nn.Module
+    optimizer: torch.optim.AdamW
+    schedule: LrSchedule
+    early: EarlyStopping
+    amp: bool
+    scaler: torch.amp.GradScaler
+    features: FeatureExtractor | None = None
+    trainable: list[nn.Parameter] = field(default_factory=list)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    gradient_norm: float | None
+    batches: int
+
+
+def resolve_seed(config: TrainingConfig) -> int:
+    """The job's seed, or a fresh random one (logged, so a run can still be repeated)."""
+    return config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
+
+
+def prepare(spec: TrainSpec, info: DistInfo = SINGLE) -> Run:
+    """Device, model, split and loaders; fails fast (device, weights, data) before any epoch."""
+    config = spec.config
+    device = resolve_device(config, info.rank)
+    seed = resolve_seed(config)
+    torch.manual_seed(seed)
+    check_recordings(spec.recordings, config)
+    split = stratified_split(spec.recordings, config.validation_split, seed)
+    network = build_model(config, len(split.classes)).to(device)
+    amp = uses_amp(device)
+    if amp:
+        network = network.to(memory_format=torch.channels_last)
+    fmt = signal_format(spec.recordings, config.n_fft)
+    params = FeatureParams(
+        sample_rate=fmt.sample_rate,
+        num_samples=fmt.num_samples,
+        n_fft=config.n_fft,
+        hop_length=config.hop_length,
+        n_mels=config.n_mels,
+    )
+    train_ds = WaveformDataset(split.train, split.classes, fmt)
+    val_ds = WaveformDataset(split.val, split.classes, fmt)
+    sampler: DistributedSampler[int] | None = None
+    val_part: Any = val_ds
+    if info.enabled:
+        sampler = DistributedSampler(
+            train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed
+        )
+        val_part = Subset(val_ds, list(range(info.rank, len(val_ds), info.world_size)))
+    pin = device.type == "cuda"
+    bs, workers = config.batch_size, config.num_workers
+    train_loader = make_loader(
+        train_ds,
+        batch_size=bs,
+        num_workers=workers,
+        shuffle=True,
+        seed=seed + 1,
+        pin_memory=pin,
+        sampler=sampler,
+    )
+    val_loader = make_loader(
+        val_part,
+        batch_size=bs,
+        num_workers=workers,
+        shuffle=False,
+        seed=seed + 1,
+        pin_memory=pin,
+    )
+    model = ddp.wrap(network, info, device)
+    optimizer = build_optimizer(network, config)
+    return Run(
+        spec=spec,
+        info=info,
+        device=device,
+        seed=seed,
+        split=split,
+        params=params,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        network=network,
+        model=model,
+        optimizer=optimizer,
+        schedule=LrSchedule.from_config(config),
+        early=EarlyStopping(config.early_stop_patience),
+        amp=amp,
+        scaler=torch.amp.GradScaler(device.type, enabled=amp),
+        trainable=[p for p in network.parameters() if p.requires_grad],
+    )
+
+
+def fit_features(run: Run, stop: StopSignal) -> FeatureExtractor:
+    """Normalisation statistics over the training split (all ranks' shards), on the device."""
+    logmel = LogMel(run.params).to(run.device)
+    sums = feature_sums(run.train_loader, logmel, run.device, stop)
+    mean, std = finish_stats(*ddp.all_sum(run.info, *sums))
+    run.features = FeatureExtractor(run.params, mean, std).to(run.device).eval()
+    return run.features
+
+
+def _inputs(run: Run, wave: torch.Tensor) -> torch.Tensor:
+    assert run.features is not None
+    with torch.no_grad():
+        x = run.features(wave.to(run.device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if run.amp else x
+
+
+def train_epoch(
+    run: Run, epoch: int, lr: float, reporter: ProgressReporter | None, stop: StopSignal
+) -> EpochStats:
+    """One pass over the training split; per-batch values stay on the device (see progress.py)."""
+    run.model.train()
+    if isinstance(run.train_loader.sampler, DistributedSampler):
+        run.train_loader.sampler.set_epoch(epoch)
+    zero = torch.zeros((), device=run.device, dtype=torch.float64)
+    loss_sum, correct_sum, norm_sum = zero.clone(), zero.clone(), zero.clone()
+    seen = batches = 0
+    for batch, (wave, label) in enumerate(run.train_loader, start=1):
+        if stop.is_set():
+            raise TrainingCancelled("training")
+        x = _inputs(run, wave)
+        label = label.to(run.device, non_blocking=True)
+        with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
+            logits = run.model(x)
+            loss = nn.functional.cross_entropy(logits, label)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+        grads = [p.grad for p in run.trainable if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        n = label.shape[0]
+        loss_d = loss.detach()
+        correct = (logits.detach().argmax(dim=1) == label).sum()
+        loss_sum += loss_d * n
+        correct_sum += correct
+        norm_sum += norm
+        seen += n
+        batches = batch
+        if reporter is not None:
+            reporter.record(epoch, batch, loss_d, correct / n, norm, lr)
+    if reporter is not None:
+        reporter.flush()
+    counts = torch.tensor([seen, batches], device=run.device, dtype=torch.float64)
+    loss_sum, correct_sum, norm_sum, counts = ddp.all_sum(
+        run.info, loss_sum, correct_sum, norm_sum, counts
+    )
+    total, total_batches = counts.tolist()
+    grad_norm = float(norm_sum) / max(total_batches, 1)
+    return EpochStats(
+        loss=float(loss_sum) / max(total, 1),
+        accuracy=float(correct_sum) / max(total, 1),
+        gradient_norm=grad_norm if math.isfinite(grad_norm) else None,
+        batches=int(total_batches),
+    )
+
+
+def validate(run: Run, stop: StopSignal) -> tuple[float, float] | None:
+    """Loss and accuracy over the validation split (all ranks), or None when it is empty."""
+    run.network.eval()
+    zero = torch.zeros((), device=run.device, dtype=torch.float64)
+    loss_sum, correct_sum, seen = zero.clone(), zero.clone(), zero.clone()
+    with torch.inference_mode():
+        if stop.is_set():
+            raise TrainingCancelled("validation")
+        for wave, label in run.val_loader:
+            if stop.is_set():
+                raise TrainingCancelled("validation")
+            x = _inputs(run, wave)
+            label = label.to(run.device, non_blocking=True)
+            with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
+                logits = run.network(x)
+            loss_sum += nn.functional.cross_entropy(logits.float(), label, reduction="sum")
+            correct_sum += (logits.argmax(dim=1) == label).sum()
+            seen += label.shape[0]
+    loss_sum, correct_sum, seen = ddp.all_sum(run.info, loss_sum, correct_sum, seen)
+    if float(seen) == 0:
+        return None
+    return float(loss_sum) / float(seen), float(correct_sum) / float(seen)
+
+
+def checkpoint_state(run: Run, epoch: int) -> dict[str, Any]:
+    """What best.pt and last.pt hold: enough to resume the job or rebuild its model."""
+    assert run.features is not None
+    return {
+        "format": 1,
+        "epoch": epoch,
+        "model": cpu_state_dict(run.network),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.schedule.state_dict(),
+        "early_stopping": run.early.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "features": run.params.to_dict(),
+        "feature_mean": run.features.norm.mean.detach().flatten().cpu(),
+        "feature_std": run.features.norm.std.detach().flatten().cpu(),
+        "classes": list(run.split.classes),
+        "architecture": run.spec.config.model_architecture,
+        "config": run.spec.config.to_dict(),
+        "seed": run.seed,
+    }
+
+
+def _save(run: Run, sink: EventSink, epoch: int, is_best: bool) -> None:
+    state = checkpoint_state(run, epoch)
+    kinds = [("last", LAST)] + ([("best", BEST)] if is_best else [])
+    for kind, name in kinds:
+        path = save_checkpoint(run.spec.out_dir / name, state)
+        sink.emit(CheckpointSaved(job_id=run.spec.job_id, epoch=epoch, path=str(path), kind=kind))
+
+
+def _parity_sample(run: Run, count: int = 8) -> torch.Tensor:
+    """Real waveforms (validation first) on which ONNX and PyTorch must agree."""
+    recordings = (run.split.val or run.split.train)[:count]
+    fmt = SignalFormat(run.params.sample_rate, run.params.num_samples)
+    dataset = WaveformDataset(recordings, run.split.classes, fmt)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def train(
+    spec: TrainSpec, sink: EventSink, stop: StopSignal, info: DistInfo = SINGLE
+) -> TrainResult:
+    """Train `spec.config` on `spec.recordings`; raises TrainingCancelled when `stop` is set,
+    WorkerError subclasses for jobs that cannot run. Rank 0 alone emits and writes files."""
+    config = spec.config
+    run = prepare(spec, info)
+    logger = log.bind(job_id=spec.job_id, rank=info.rank, seed=run.seed, device=str(run.device))
+    total_batches = len(run.train_loader)
+    if info.is_main:
+        sink.emit(
+            JobStarted(
+                job_id=spec.job_id,
+                worker=spec.worker,
+                attempt=spec.attempt,
+                dataset_size=run.split.size,
+                train_samples=len(run.split.train),
+                val_samples=len(run.split.val),
+                num_classes=len(run.split.classes),
+                total_batches=total_batches,
+                device=str(run.device) if not info.enabled else f"{run.device} x{info.world_size}",
+            )
+        )
+    logger.info("training started", train=len(run.split.train), val=len(run.split.val))
+    fit_features(run, stop)
+    reporter = (
+        ProgressReporter(sink, spec.job_id, total_batches, spec.progress_interval_s)
+        if info.is_main
+        else None
+    )
+    history: list[EpochCompleted] = []
+    stopped_early = False
+    epoch = 0
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        lr = run.schedule.apply(run.optimizer, epoch - 1)
+        stats = train_epoch(run, epoch, lr, reporter, stop)
+        val = validate(run, stop)
+        monitored = val[0] if val is not None else stats.loss
+        is_best = run.early.update(epoch, monitored)
+        run.schedule.observe(epoch - 1, monitored)
+        event = EpochCompleted(
+            job_id=spec.job_id,
+            epoch=epoch,
+            total_epochs=config.epochs,
+            train_loss=stats.loss,
+            val_loss=val[0] if val else None,
+            train_accuracy=stats.accuracy,
+            val_accuracy=val[1] if val else None,
+            learning_rate=lr,
+            gradient_norm=stats.gradient_norm,
+            epoch_time_s=time.perf_counter() - started,
+            is_best=is_best,
+            best_epoch=run.early.best_epoch,
+            best_val_loss=run.early.best_loss if math.isfinite(run.early.best_loss) else None,
+        )
+        history.append(event)
+        if info.is_main:
+            sink.emit(event)
+            _save(run, sink, epoch, is_best)
+        if stop.is_set():
+            raise TrainingCancelled("between epochs")
+        if run.early.should_stop and epoch < config.epochs:
+            stopped_early = True
+            logger.info("early stop", epoch=epoch, best_epoch=run.early.best_epoch)
+            break
+    result = TrainResult(
+        epochs_run=epoch,
+        best_epoch=run.early.best_epoch,
+        best_val_loss=run.early.best_loss if math.isfinite(run.early.best_loss) else None,
+        stopped_early=stopped_early,
+        checkpoint_path=str(spec.out_dir / BEST) if info.is_main else None,
+        last_checkpoint_path=str(spec.out_dir / LAST) if info.is_main else None,
+        onnx_model_path=None,
+        onnx_max_abs_diff=None,
+        seed=run.seed,
+        history=history,
+    )
+    if info.is_main and spec.export_onnx:
+        if stop.is_set():
+            raise TrainingCancelled("export")
+        result.onnx_model_path, result.onnx_max_abs_diff = export_best(run)
+    logger.info("training finished", epochs=epoch, onnx_diff=result.onnx_max_abs_diff)
+    return result
+
+
+def export_best(run: Run) -> tuple[str, float]:
+    """Export the best epoch's weights to model.onnx; returns its path and the parity diff."""
+    assert run.features is not None
+    best = load_checkpoint(run.spec.out_dir / BEST)
+    network = copy.deepcopy(run.network).cpu()
+    network.load_state_dict(best["model"])
+    path = run.spec.out_dir / ONNX
+    diff = export_onnx(run.features, network, _parity_sample(run), path)
+    return str(path), diff
