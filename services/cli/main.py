@@ -131,6 +131,9 @@ def up(
                 supervisor.stop()
     except KeyboardInterrupt:
         typer.echo("stopped")
+    except RuntimeError as exc:  # a service failed to start; the reason is above
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

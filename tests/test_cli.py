@@ -1,0 +1,162 @@
+"""`heimdall up` and the data commands as a user runs them: real subprocesses, embedded stores."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from shared.wavio import write_wav
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _heimdall(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class Up:
+    """A running `heimdall up`, stopped with SIGINT (Ctrl-C) when done."""
+
+    def __init__(self, data_dir: Path, port: int, *extra: str) -> None:
+        self.port = port
+        self.log = data_dir.parent / f"up-{port}.log"
+        self._out = self.log.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.cli.main",
+                "up",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+                *extra,
+            ],
+            env=_env(),
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        self.base = f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            if re.search(r"^Heimdall is ready in \d", self.log.read_text(), re.M):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"not ready in {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        try:
+            self.proc.send_signal(signal.SIGINT)
+            return self.proc.wait(timeout=60)
+        finally:
+            self._out.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "heimdall"
+    yield path
+
+
+def test_up_starts_serves_stops_cleanly_and_keeps_data(data_dir: Path) -> None:
+    up = Up(data_dir, _free_port(), "--workers", "0", "--demo")
+    try:
+        up.wait_ready()
+        tree = psutil.Process(up.proc.pid).children(recursive=True)
+        assert len(tree) >= 2  # recorder, api (+ embedded servers)
+        assert httpx.get(f"{up.base}/ready").status_code == 200
+        summary = httpx.get(f"{up.base}/api/v1/datasets/default").json()
+        assert summary["recordings"] == 350 and len(summary["classes"]) == 7
+
+        # `heimdall data synth` joins the running system's stores (same data dir).
+        done = _heimdall(
+            "data",
+            "synth",
+            "--dataset",
+            "extra",
+            "--samples",
+            "14",
+            "--duration",
+            "0.1",
+            "--data-dir",
+            str(data_dir),
+        )
+        assert done.returncode == 0, done.stderr
+        assert httpx.get(f"{up.base}/api/v1/datasets/extra").json()["recordings"] == 14
+
+        job = httpx.post(
+            f"{up.base}/api/v1/training/jobs", json={"job_name": "kept", "config": {"epochs": 1}}
+        ).json()
+        assert httpx.get(f"{up.base}/api/v1/training/jobs/{job['id']}").status_code == 200
+    finally:
+        code = up.stop()
+    assert code == 0, up.log.read_text()
+    for proc in tree:
+        assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE, proc
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()
+
+    # Everything survives a restart on the same data dir.
+    again = Up(data_dir, _free_port(), "--workers", "0")
+    try:
+        again.wait_ready()
+        jobs = httpx.get(f"{again.base}/api/v1/training/jobs").json()
+        assert [j["job_name"] for j in jobs["jobs"]] == ["kept"]
+        names = [d["name"] for d in httpx.get(f"{again.base}/api/v1/datasets").json()["datasets"]]
+        assert names == ["default", "extra"]
+    finally:
+        assert again.stop() == 0
+
+
+def test_data_import_reads_class_folders_and_manifest(data_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "recordings"
+    rng = np.random.default_rng(0)
+    for label in ("am", "fm"):
+        for i in range(3):
+            write_wav(src / label / f"{i}.wav", rng.uniform(-0.5, 0.5, 800), 8000)
+    (src / "manifest.csv").write_text("file,label,snr_db,approved\nam/0.wav,am,3.5,false\n")
+    done = _heimdall("data", "import", str(src), "--dataset", "real", "--data-dir", str(data_dir))
+    assert done.returncode == 0, done.stderr
+    assert "imported 6 recordings" in done.stdout
+
+    bad = _heimdall(
+        "data", "import", str(tmp_path / "nowhere"), "--dataset", "x", "--data-dir", str(data_dir)
+    )
+    assert bad.returncode == 2 and "is not a directory" in bad.stderr
+    (tmp_path / "empty").mkdir()
+    none = _heimdall(
+        "data", "import", str(tmp_path / "empty"), "--dataset", "x", "--data-dir", str(data_dir)
+    )
+    assert none.returncode == 2 and "no WAV files" in none.stderr
