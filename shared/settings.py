@@ -43,6 +43,12 @@ class Settings:
     cancel_grace_s: float = 1.0
     """After a cancel, how long a training process may take to stop before it is killed."""
 
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins allowed to call the API cross-site (none: same-origin only)."""
+
+    max_body_bytes: int = 1024 * 1024
+    """Largest request body the API accepts; larger ones get 413."""
+
     log_json: bool = False
     """Logs as JSON lines (for production) instead of coloured console lines."""
 
@@ -90,6 +96,10 @@ class Settings:
             heartbeat_s=float(get("HEARTBEAT_S") or base.heartbeat_s),
             progress_interval_s=float(get("PROGRESS_INTERVAL_S") or base.progress_interval_s),
             cancel_grace_s=float(get("CANCEL_GRACE_S") or base.cancel_grace_s),
+            cors_origins=tuple(
+                o.strip() for o in (get("CORS_ORIGINS") or "").split(",") if o.strip()
+            ),
+            max_body_bytes=int(get("MAX_BODY_BYTES") or base.max_body_bytes),
             log_json=(get("LOG_JSON") or "").lower() in {"1", "true", "yes"},
             log_level=(get("LOG_LEVEL") or base.log_level).upper(),
         )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
@@ -10,13 +13,14 @@ from services.api.auth import token_guard
 from services.api.errors import EXCEPTION_HANDLERS
 from services.api.jobs import JobsController
 from services.api.misc import DatasetsController, health, ready
+from services.api.observability import PROMETHEUS, metrics
 from services.api.resources import lifespan
 from shared.settings import Settings
 
 
 def create_app(settings: Settings) -> Litestar:
     """The API for these settings; store URLs must be resolved (see services.cli.embedded)."""
-    handlers: list = [JobsController, DatasetsController, health, ready]
+    handlers: list[Any] = [JobsController, DatasetsController, health, ready, metrics]
     try:  # the WebSocket endpoint lives in its own module
         from services.api.ws import ws_routes
 
@@ -28,12 +32,16 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
         guards=[token_guard(settings.api_token)] if settings.api_token else [],
+        middleware=[PROMETHEUS.middleware],
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins))
+        if settings.cors_origins
+        else None,
         openapi_config=OpenAPIConfig(
             title="Heimdall Training",
             version="0.1.0",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
-        request_max_body_size=1024 * 1024,
+        request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
