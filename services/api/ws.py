@@ -1,0 +1,147 @@
+"""WebSocket endpoints: a job's live status (`/ws/training/{id}`) and replays (`/ws/replay/{id}`).
+
+Messages are the seed's (`connected`, `training_status`, `pong`) plus `epoch_completed`,
+`warning` and `error`; every message about an event carries its `event_id`, and a client that
+reconnects with `?after=<the last event_id it got>` receives everything it missed, once.
+Close codes: 1000 the job finished; 4404 unknown job; 4400 a bad `after`; 4408 the client fell
+too far behind; 1013 the live feed was interrupted (both of the last two: resume with `after`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar import Litestar, WebSocket, websocket
+from litestar.params import FromPath
+from redis.exceptions import RedisError
+
+from services.api import live_messages as msg
+from services.api.live_hub import FeedLost, LiveHub
+from services.api.live_session import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_NORMAL,
+    CLOSE_NOT_FOUND,
+    CLOSE_TRY_AGAIN,
+    Feed,
+    Sender,
+    close,
+    pump_live,
+    send_backlog,
+    supervise,
+)
+from services.api.resources import Resources
+from shared import keys, live_state
+from shared.events import parse_event_id
+from shared.jobs import fetch_job
+
+Socket = WebSocket[Any, Any, Any]
+
+
+def hub_of(app: Litestar) -> LiveHub:
+    """The process's hub, made on first use (it holds no connection while nobody listens)."""
+    hub: LiveHub | None = app.state.get("live_hub")
+    if hub is None:
+        res: Resources = app.state.resources
+        assert res.settings.redis_url
+        hub = app.state["live_hub"] = LiveHub(res.settings.redis_url)
+    return hub
+
+
+async def _refuse(socket: Socket, sender: Sender, code: int, detail: str, job_id: str) -> None:
+    await sender.send(msg.error(detail, job_id))
+    await close(socket, code, detail)
+
+
+async def _job_row(socket: Socket, sender: Sender, job_id: str) -> Any:
+    """The job's row, or None after telling the client there is no such job."""
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        await _refuse(
+            socket, sender, CLOSE_NOT_FOUND, f"no training job with id {job_id!r}", job_id
+        )
+        return None
+    res: Resources = socket.app.state.resources
+    async with res.db.acquire() as conn:
+        row = await fetch_job(conn, job_id)
+    if row is None:
+        await _refuse(
+            socket, sender, CLOSE_NOT_FOUND, f"no training job with id {job_id!r}", job_id
+        )
+    return row
+
+
+@websocket("/ws/training/{job_id:str}", name="training_ws")
+async def training_socket(socket: Socket, job_id: FromPath[str]) -> None:
+    """Live status of one job; `?after=EVENT_ID` first sends every event after that id."""
+    await socket.accept()
+    sender = Sender(socket)
+    res: Resources = socket.app.state.resources
+    after = socket.query_params.get("after") or None
+    try:
+        after_key = parse_event_id(after) if after else None
+    except ValueError as exc:
+        await _refuse(socket, sender, CLOSE_BAD_REQUEST, str(exc), job_id)
+        return
+    try:
+        # Subscribe before reading anything, so that nothing published meanwhile is missed.
+        async with hub_of(socket.app).listen(keys.job_channel(job_id)) as sub:
+            row = await _job_row(socket, sender, job_id)
+            if row is None:
+                return
+            snapshot = live_state.from_row(row)
+            feed = Feed(snapshot, sender)
+            last = snapshot["last_event_id"]
+            if after is not None and after_key is not None:
+                if last is None or after_key < parse_event_id(last):
+                    feed.state = live_state.rewound(snapshot)
+                # The snapshot's id is the cursor the stream continues from.
+                feed.state["last_event_id"], feed.last_key = after, after_key
+            elif last is not None:
+                feed.last_key = parse_event_id(last)
+            await sender.send(msg.connected(job_id))
+            await feed.send_status()
+            if feed.finished:
+                await close(socket, CLOSE_NORMAL, "job finished")
+                return
+
+            async def pump() -> None:
+                await send_backlog(res, job_id, feed, after or last)
+                if not feed.finished and live_state.is_terminal(snapshot):
+                    feed.state = dict(snapshot, last_event_id=feed.state["last_event_id"])
+                    await feed.send_status()
+                    return
+                await pump_live(feed, sub, res.settings.heartbeat_s, replay=False)
+
+            await supervise(socket, sender, sub, pump, lambda: feed.state["last_event_id"])
+    except (FeedLost, RedisError, OSError, TimeoutError):
+        await close(socket, CLOSE_TRY_AGAIN, "live feed unavailable; reconnect to resume")
+
+
+@websocket("/ws/replay/{job_id:str}", name="replay_ws")
+async def replay_socket(socket: Socket, job_id: FromPath[str]) -> None:
+    """What `heimdall replay JOB_ID` re-emits, in the same messages as a live job."""
+    await socket.accept()
+    sender = Sender(socket)
+    res: Resources = socket.app.state.resources
+    try:
+        async with hub_of(socket.app).listen(keys.replay_channel(job_id)) as sub:
+            row = await _job_row(socket, sender, job_id)
+            if row is None:
+                return
+            feed = Feed(live_state.blank(live_state.from_row(row)), sender)
+            await sender.send(msg.connected(job_id, replay=True))
+            await feed.send_status()
+
+            async def pump() -> None:
+                await pump_live(feed, sub, res.settings.heartbeat_s, replay=True)
+
+            await supervise(socket, sender, sub, pump, lambda: None)
+    except (FeedLost, RedisError, OSError, TimeoutError):
+        await close(socket, CLOSE_TRY_AGAIN, "replay feed unavailable; reconnect")
+
+
+def ws_routes() -> list[Any]:
+    """The WebSocket route handlers, for `create_app`."""
+    return [training_socket, replay_socket]
