@@ -1,0 +1,101 @@
+"""The training worker as an arq Worker: `heimdall worker` calls `run_worker(settings)`.
+
+Resources (database pool, Redis client, command listener) are opened in `on_startup` and
+closed in reverse order in `on_shutdown`. Each job runs in its own training process(es); the
+coroutine only supervises it, so the event loop stays free to hear cancel commands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aredis
+import structlog
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+
+from services.worker.listener import CommandListener
+from services.worker.runner import JobRunner, train_job
+from shared import keys
+from shared.db import create_pool
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+JOB_TIMEOUT_S = 30 * 24 * 3600
+"""Training can take days; arq must not time a job out (cancellation is ours)."""
+
+MAX_TRIES = 2
+"""A job whose worker died mid-training (not one that failed) is started once more."""
+
+
+def _settings_from(ctx: dict[str, Any]) -> Settings:
+    settings = ctx["settings"]
+    assert isinstance(settings, Settings)
+    return settings
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings = _settings_from(ctx)
+    assert settings.database_url and settings.redis_url
+    ctx["db_pool"] = await create_pool(settings.database_url)
+    client = aredis.Redis.from_url(settings.redis_url)
+    ctx["redis_client"] = client
+    listener = CommandListener(client)
+    await listener.start()
+    ctx["listener"] = listener
+    ctx["runner"] = JobRunner(settings, ctx["db_pool"], client, listener)
+    log.info("worker ready", queue=keys.ARQ_QUEUE, worker=ctx["runner"].name)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    listener: CommandListener | None = ctx.pop("listener", None)
+    if listener is not None:
+        await listener.close()
+    client: aredis.Redis | None = ctx.pop("redis_client", None)
+    if client is not None:
+        await client.aclose()
+    pool = ctx.pop("db_pool", None)
+    if pool is not None:
+        await pool.close()
+    ctx.pop("runner", None)
+
+
+def create_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    max_jobs: int = 1,
+    handle_signals: bool = True,
+    poll_delay_s: float = 0.5,
+) -> Worker:
+    """An arq Worker for `train_job` on `keys.ARQ_QUEUE`. `settings.redis_url` and
+    `settings.database_url` must be set (the CLI resolves embedded stores first). `max_jobs`
+    is how many jobs this worker trains at once; run more workers to scale out."""
+    if not settings.redis_url or not settings.database_url:
+        raise ValueError("the worker needs settings.redis_url and settings.database_url")
+    return Worker(
+        functions=[func(train_job, name="train_job", max_tries=MAX_TRIES, timeout=JOB_TIMEOUT_S)],
+        queue_name=keys.ARQ_QUEUE,
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        ctx={"settings": settings},
+        burst=burst,
+        max_jobs=max_jobs,
+        job_timeout=JOB_TIMEOUT_S,
+        max_tries=MAX_TRIES,
+        handle_signals=handle_signals,
+        poll_delay=poll_delay_s,
+        keep_result=3600,
+    )
+
+
+async def run_worker(settings: Settings, *, burst: bool = False, max_jobs: int = 1) -> None:
+    """Run the worker until SIGINT/SIGTERM (or, with `burst`, until the queue is empty), then
+    stop any training process and close every connection."""
+    worker = create_worker(settings, burst=burst, max_jobs=max_jobs)
+    try:
+        await worker.async_run()
+    finally:
+        await worker.close()

@@ -1,0 +1,237 @@
+"""The worker end to end: arq in burst mode, real Valkey and PostgreSQL, real training processes.
+
+Assertions are on the events the worker emits (the recorder, not the worker, writes rows) and
+on the artifact files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import arq
+import asyncpg
+import pytest
+import redis
+import redis.asyncio as aredis
+from arq.connections import RedisSettings
+
+from services.worker.app import create_worker
+from shared import keys
+from shared.commands import CancelJob, DeleteJob, send_command
+from shared.config import TrainingConfig
+from shared.datasets import write_synthetic
+from shared.events import (
+    AnyEvent,
+    BatchProgress,
+    CheckpointSaved,
+    EpochCompleted,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobStarted,
+    decode_event,
+)
+from shared.jobs import insert_job
+from shared.settings import Settings
+
+pytestmark = [
+    pytest.mark.slow,
+    # arq 0.28's Worker.close() calls redis' deprecated `close()`; nothing of ours.
+    pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
+]
+
+SMALL = {
+    "model_architecture": "convnext_atto",
+    "pretrained": False,
+    "batch_size": 16,
+    "num_workers": 0,
+    "n_fft": 256,
+    "hop_length": 64,
+    "n_mels": 32,
+    "accelerator": "cpu",
+    "min_snr_db": -100.0,
+    "only_approved": False,
+    "dataset": "synth",
+    "warmup_epochs": 0,
+    "learning_rate": 0.002,
+    "seed": 7,
+}
+
+
+def small_config(**overrides: Any) -> TrainingConfig:
+    return TrainingConfig(**{**SMALL, **overrides})
+
+
+def events_of(client: redis.Redis, job_id: str) -> list[AnyEvent]:
+    return [decode_event(f[b"data"]) for _, f in client.xrange(keys.job_stream(job_id))]
+
+
+async def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.02
+) -> float:
+    """Poll until `predicate()`; returns the moment it held (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(step)
+    return time.monotonic()
+
+
+async def submit(settings: Settings, db: asyncpg.Connection, config: TrainingConfig) -> str:
+    task_id = str(uuid.uuid4())
+    row = await insert_job(db, "test job", config, task_id=task_id)
+    pool = await arq.create_pool(
+        RedisSettings.from_dsn(settings.redis_url or ""), default_queue_name=keys.ARQ_QUEUE
+    )
+    try:
+        await pool.enqueue_job(
+            "train_job", str(row["id"]), _job_id=task_id, _queue_name=keys.ARQ_QUEUE
+        )
+    finally:
+        await pool.aclose()
+    return str(row["id"])
+
+
+@asynccontextmanager
+async def burst_worker(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
+    """A burst-mode worker running in the background; it ends when the queue is drained."""
+    worker = create_worker(settings, burst=True, handle_signals=False, poll_delay_s=0.05)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield task
+        await asyncio.wait_for(asyncio.shield(task), timeout=120)
+    finally:
+        await worker.close()
+
+
+@pytest.fixture
+async def dataset(settings: Settings, db: asyncpg.Connection) -> str:
+    await write_synthetic(db, settings.datasets_dir, "synth", 84, seed=1, duration_s=0.25)
+    return "synth"
+
+
+async def test_job_runs_to_completion(
+    settings: Settings, db: asyncpg.Connection, sync_redis: redis.Redis, dataset: str
+) -> None:
+    job_id = await submit(settings, db, small_config(epochs=3))
+    async with burst_worker(settings):
+        pass
+    events = events_of(sync_redis, job_id)
+    started = [e for e in events if isinstance(e, JobStarted)]
+    epochs = [e for e in events if isinstance(e, EpochCompleted)]
+    done = [e for e in events if isinstance(e, JobCompleted)]
+    assert len(started) == 1 and len(done) == 1, [type(e).__name__ for e in events]
+    assert isinstance(events[0], JobStarted) and isinstance(events[-1], JobCompleted)
+    start = started[0]
+    assert (start.dataset_size, start.num_classes, start.device) == (84, 7, "cpu")
+    assert start.train_samples + start.val_samples == 84
+    assert start.total_batches == -(-start.train_samples // 16)
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    assert epochs[-1].train_loss < epochs[0].train_loss
+    points = [(p.epoch, p.batch) for e in events if isinstance(e, BatchProgress) for p in e.points]
+    assert points == [(ep, b) for ep in (1, 2, 3) for b in range(1, start.total_batches + 1)]
+    saved = [e for e in events if isinstance(e, CheckpointSaved)]
+    assert {e.kind for e in saved} == {"best", "last"}
+    result = done[0]
+    assert result.epochs_run == 3 and not result.stopped_early
+    assert result.onnx_max_abs_diff is not None and result.onnx_max_abs_diff < 2e-3
+    out = settings.artifacts_dir / job_id
+    assert {p.name for p in out.iterdir()} == {"best.pt", "last.pt", "model.onnx"}
+    assert result.checkpoint_path == str(out / "best.pt")
+    assert result.onnx_model_path == str(out / "model.onnx")
+
+
+async def test_job_cancelled_while_queued_never_starts(
+    settings: Settings,
+    db: asyncpg.Connection,
+    redis_client: aredis.Redis,
+    sync_redis: redis.Redis,
+    dataset: str,
+) -> None:
+    job_id = await submit(settings, db, small_config(epochs=50))
+    await send_command(redis_client, CancelJob(job_id=job_id))
+    already = await submit(settings, db, small_config(epochs=50))
+    await send_command(redis_client, CancelJob(job_id=already))
+    await db.execute("UPDATE training_jobs SET status='cancelled' WHERE id=$1", uuid.UUID(already))
+    started = time.monotonic()
+    async with burst_worker(settings):
+        pass
+    assert time.monotonic() - started < 2.0
+    events = events_of(sync_redis, job_id)
+    assert [type(e) for e in events] == [JobCancelled]
+    assert events_of(sync_redis, already) == []
+    assert not (settings.artifacts_dir / job_id).exists()
+
+
+@pytest.mark.parametrize("command", ["cancel", "delete"])
+async def test_cancel_mid_training_stops_within_two_seconds(
+    settings: Settings,
+    db: asyncpg.Connection,
+    redis_client: aredis.Redis,
+    sync_redis: redis.Redis,
+    dataset: str,
+    command: str,
+) -> None:
+    job_id = await submit(settings, db, small_config(epochs=200, seed=None))
+
+    def seen(kind: type, n: int = 1) -> Callable[[], bool]:
+        return lambda: sum(isinstance(e, kind) for e in events_of(sync_redis, job_id)) >= n
+
+    async with burst_worker(settings) as task:
+        await wait_for(seen(CheckpointSaved), 60, "the first checkpoint")
+        await wait_for(seen(BatchProgress, 3), 30, "batches of the second epoch")
+        sent = time.monotonic()
+        cmd = CancelJob(job_id=job_id) if command == "cancel" else DeleteJob(job_id=job_id)
+        await send_command(redis_client, cmd)
+        stopped = await wait_for(seen(JobCancelled), 5, "JobCancelled")
+        assert stopped - sent < 2.0
+        await asyncio.wait_for(asyncio.shield(task), 10)
+    events = events_of(sync_redis, job_id)
+    assert isinstance(events[-1], JobCancelled)
+    assert not any(isinstance(e, JobCompleted | JobFailed) for e in events)
+    assert sum(isinstance(e, EpochCompleted) for e in events) < 200
+    out = settings.artifacts_dir / job_id
+    assert out.exists() == (command == "cancel")
+
+
+async def test_two_devices_train_with_ddp_on_cpu(
+    settings: Settings, db: asyncpg.Connection, sync_redis: redis.Redis, dataset: str
+) -> None:
+    job_id = await submit(settings, db, small_config(epochs=2, devices=2))
+    async with burst_worker(settings):
+        pass
+    events = events_of(sync_redis, job_id)
+    start = next(e for e in events if isinstance(e, JobStarted))
+    assert start.device == "cpu x2"
+    per_rank = -(-start.train_samples // 2)
+    assert start.total_batches == -(-per_rank // 16)
+    assert [e.epoch for e in events if isinstance(e, EpochCompleted)] == [1, 2]
+    assert isinstance(events[-1], JobCompleted), events[-1]
+
+
+async def test_failures_are_reported_with_their_error(
+    settings: Settings, db: asyncpg.Connection, sync_redis: redis.Redis, dataset: str
+) -> None:
+    gpu = await submit(settings, db, small_config(accelerator="gpu"))
+    weights = await submit(settings, db, small_config(pretrained=True))
+    empty = await submit(settings, db, small_config(dataset="nothing-here"))
+    started = time.monotonic()
+    async with burst_worker(settings):
+        pass
+    assert time.monotonic() - started < 60
+    for job_id, words in [
+        (gpu, ["CUDA is not available", "accelerator='cpu'"]),
+        (weights, ["pretrained=true", "cache", "pretrained=false"]),
+        (empty, ["no recordings", "nothing-here"]),
+    ]:
+        events = events_of(sync_redis, job_id)
+        assert isinstance(events[-1], JobFailed), events
+        assert not any(isinstance(e, JobCompleted) for e in events)
+        for word in words:
+            assert word in events[-1].error_message, events[-1].error_message
