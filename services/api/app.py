@@ -10,6 +10,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from services.api.auth import token_guard
+from services.api.dashboard import dashboard_routes
 from services.api.errors import EXCEPTION_HANDLERS
 from services.api.jobs import JobsController
 from services.api.misc import DatasetsController, health, ready
@@ -27,6 +28,7 @@ def create_app(settings: Settings) -> Litestar:
         handlers.extend(ws_routes())
     except ImportError:
         pass
+    handlers.extend(dashboard_routes())
     return Litestar(
         route_handlers=handlers,
         lifespan=[lifespan(settings)],

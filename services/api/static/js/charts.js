@@ -1,0 +1,73 @@
+// uPlot line charts that follow their container's width. uPlot is loaded as a global by
+// index.html (vendor/uPlot.iife.min.js).
+
+export const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db2777", "#4d7c0f"];
+
+const HEIGHT = 230;
+const INTEGER_STEPS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000];
+
+/**
+ * A line chart in `el`. `series`: [{label, color?, dash?}]; `x`: the x axis label.
+ * Returns {set(x, ...ys), destroy()}. `el.dataset.points` holds the number of x values drawn,
+ * so that a person or a test can tell how much a chart shows.
+ */
+export function lineChart(
+  el,
+  { title, x = "epoch", series, yLabel, log = false, points = "auto", integerX = false },
+) {
+  const width = () => Math.max(240, el.clientWidth || 480);
+  const opts = {
+    title,
+    width: width(),
+    height: HEIGHT,
+    legend: { live: true },
+    cursor: { drag: { x: true, y: false } },
+    scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
+    axes: [
+      { label: x, labelSize: 18, size: 36, ...(integerX ? { incrs: INTEGER_STEPS } : {}) },
+      { label: yLabel, labelSize: 18, size: 56 },
+    ],
+    series: [
+      { label: x, value: (_, v) => (v == null ? "—" : +v.toFixed(3)) },
+      ...series.map((s, i) => ({
+        label: s.label,
+        stroke: s.color ?? PALETTE[i % PALETTE.length],
+        width: 2,
+        dash: s.dash,
+        spanGaps: true,
+        ...(points === "auto" ? {} : { points: { show: points, size: 5 } }),
+        value: (_, v) => (v == null ? "—" : formatValue(v)),
+      })),
+    ],
+  };
+  const empty = [[], ...series.map(() => [])];
+  const plot = new uPlot(opts, empty, el);
+  el.dataset.points = "0";
+  let pending = null;
+  const resize = new ResizeObserver(() => plot.setSize({ width: width(), height: HEIGHT }));
+  resize.observe(el);
+  return {
+    /** New data, drawn at the next animation frame (many updates in a burst draw once). */
+    set(xs, ...ys) {
+      const first = pending === null;
+      pending = [xs, ...ys];
+      if (!first) return;
+      requestAnimationFrame(() => {
+        const data = pending;
+        pending = null;
+        plot.setData(data);
+        el.dataset.points = String(data[0].length);
+      });
+    },
+    destroy() {
+      resize.disconnect();
+      plot.destroy();
+    },
+  };
+}
+
+function formatValue(v) {
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(3);
+  return +v.toFixed(4);
+}
