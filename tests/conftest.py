@@ -10,6 +10,8 @@ Each test gets its own PostgreSQL database (migrated) and an empty Redis databas
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,17 +27,23 @@ from shared.settings import Settings
 
 
 @pytest.fixture(scope="session")
-def store_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def store_urls() -> Iterator[tuple[str, str]]:
     """(redis_url, admin database URL) of the servers this session uses."""
     redis_url = os.environ.get("HEIMDALL_TEST_REDIS_URL")
     database_url = os.environ.get("HEIMDALL_TEST_DATABASE_URL")
     if redis_url and database_url:
         yield redis_url, database_url
         return
-    base = Settings(data_dir=tmp_path_factory.mktemp("stores"))
-    with embedded_stores(base) as settings:
-        assert settings.redis_url and settings.database_url
-        yield settings.redis_url, settings.database_url
+    # Not under pytest's basetemp: every pytest session resets that tree to mode 0700, which
+    # would lock out the embedded PostgreSQL (it runs as its own user when we are root) of a
+    # concurrent session.
+    root = Path(tempfile.mkdtemp(prefix="heimdall-stores-"))
+    try:
+        with embedded_stores(Settings(data_dir=root)) as settings:
+            assert settings.redis_url and settings.database_url
+            yield settings.redis_url, settings.database_url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _with_database(url: str, name: str) -> str:

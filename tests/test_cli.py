@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,9 +88,12 @@ class Up:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "heimdall"
-    yield path
+def data_dir() -> Iterator[Path]:
+    # Outside pytest's basetemp, which concurrent pytest sessions reset to mode 0700 (the
+    # embedded PostgreSQL runs as its own user when we are root).
+    root = Path(tempfile.mkdtemp(prefix="heimdall-cli-"))
+    yield root / "data"
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_up_starts_serves_stops_cleanly_and_keeps_data(data_dir: Path) -> None:

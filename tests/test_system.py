@@ -1,0 +1,143 @@
+"""The whole system in one test process: REST API, an arq worker training for real (in its own
+process), and the recorder writing PostgreSQL. Nothing is faked: every number a client reads
+went through Redis streams, a training process and the recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from arq.connections import RedisSettings, create_pool
+from arq.jobs import Job
+from litestar.testing import AsyncTestClient
+
+from services.api.app import create_app
+from services.recorder.app import run_recorder
+from services.worker.app import create_worker
+from shared import keys
+from shared.datasets import write_synthetic
+from shared.settings import Settings
+
+pytestmark = [
+    pytest.mark.slow,
+    # arq 0.28's Worker.close() calls redis' deprecated `close()`; nothing of ours.
+    pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
+]
+
+JOBS = "/api/v1/training/jobs"
+SMALL = {
+    "model_architecture": "convnext_atto",
+    "pretrained": False,
+    "batch_size": 16,
+    "num_workers": 0,
+    "n_fft": 256,
+    "hop_length": 64,
+    "n_mels": 32,
+    "accelerator": "cpu",
+    "min_snr_db": 0.0,
+    "dataset": "sys",
+    "warmup_epochs": 1,
+    "seed": 3,
+}
+
+
+async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def system(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[AsyncTestClient[Any]]:
+    await write_synthetic(db, settings.datasets_dir, "sys", 70, seed=2, duration_s=0.25)
+    stop = asyncio.Event()
+    recorder = asyncio.create_task(run_recorder(settings, stop=stop))
+    worker = create_worker(settings, handle_signals=False, poll_delay_s=0.05)
+    working = asyncio.create_task(worker.async_run())
+    try:
+        async with AsyncTestClient(app=create_app(settings)) as client:
+            yield client
+    finally:
+        working.cancel()
+        await asyncio.gather(working, return_exceptions=True)
+        await worker.close()
+        stop.set()
+        await asyncio.wait_for(recorder, 30)
+
+
+async def _job(client: AsyncTestClient[Any], job_id: str) -> dict[str, Any]:
+    return (await client.get(f"{JOBS}/{job_id}")).json()["job"]  # type: ignore[no-any-return]
+
+
+async def test_job_trains_to_completion_through_the_whole_system(
+    system: AsyncTestClient[Any], settings: Settings
+) -> None:
+    created = (
+        await system.post(JOBS, json={"job_name": "e2e", "config": {**SMALL, "epochs": 3}})
+    ).json()
+    job_id = created["id"]
+
+    async def finished() -> dict[str, Any] | None:
+        job = await _job(system, job_id)
+        return job if job["status"] in ("completed", "failed", "cancelled") else None
+
+    job = await until(finished, 240, "the job to finish")
+    assert job["status"] == "completed", job["error_message"]
+    assert job["current_epoch"] == 3 and job["progress_percent"] == 100.0
+    assert job["dataset_size"] == job["train_samples"] + job["val_samples"] > 0
+    assert job["best_epoch"] in (1, 2, 3) and job["best_val_loss"] is not None
+    assert job["started_at"] and job["completed_at"]
+
+    epochs = (await system.get(f"{JOBS}/{job_id}/metrics")).json()["metrics"]
+    assert [m["epoch"] for m in epochs] == [1, 2, 3]
+    assert all(m["val_loss"] is not None and m["learning_rate"] > 0 for m in epochs)
+    batches = (await system.get(f"{JOBS}/{job_id}/metrics", params={"phase": "train"})).json()
+    assert len(batches["metrics"]) == 3 * job["total_batches"]
+
+    events = (await system.get(f"{JOBS}/{job_id}/events")).json()["events"]
+    types = [e["event"]["type"] for e in events]
+    assert types[:2] == ["job_queued", "job_started"] and types[-1] == "job_completed"
+    assert types.count("epoch_completed") == 3
+
+    onnx = await system.get(f"{JOBS}/{job_id}/artifacts/onnx")
+    assert onnx.status_code == 200 and len(onnx.content) > 10_000
+    checkpoint = await system.get(f"{JOBS}/{job_id}/artifacts/checkpoint")
+    assert checkpoint.status_code == 200
+
+
+async def test_cancel_through_the_api_stops_the_worker(
+    system: AsyncTestClient[Any], settings: Settings
+) -> None:
+    config = {**SMALL, "epochs": 50}
+    created = (await system.post(JOBS, json={"job_name": "long", "config": config})).json()
+    job_id = created["id"]
+
+    async def training() -> bool:
+        return bool((await _job(system, job_id))["current_batch"])
+
+    await until(training, 120, "training to start")
+    resp = await system.post(f"{JOBS}/{job_id}/cancel")
+    assert resp.status_code == 200 and resp.json()["job"]["status"] == "cancelled"
+    started = time.monotonic()
+    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url or ""))
+    try:
+        await Job(created["celery_task_id"], pool, _queue_name=keys.ARQ_QUEUE).result(
+            timeout=10, poll_delay=0.05
+        )
+    finally:
+        await pool.aclose()
+    assert time.monotonic() - started < 5  # the worker let go of the job (target: 2 s)
+
+    job = await _job(system, job_id)
+    assert job["status"] == "cancelled" and job["current_epoch"] < 50
+    events = (await system.get(f"{JOBS}/{job_id}/events")).json()["events"]
+    assert "job_completed" not in [e["event"]["type"] for e in events]
