@@ -97,11 +97,11 @@ def data_dir() -> Iterator[Path]:
 
 
 def test_up_starts_serves_stops_cleanly_and_keeps_data(data_dir: Path) -> None:
-    up = Up(data_dir, _free_port(), "--workers", "0", "--demo")
+    up = Up(data_dir, _free_port(), "--workers", "1", "--demo")
     try:
         up.wait_ready()
         tree = psutil.Process(up.proc.pid).children(recursive=True)
-        assert len(tree) >= 2  # recorder, api (+ embedded servers)
+        assert len(tree) >= 3  # recorder, worker, api (+ embedded servers)
         assert httpx.get(f"{up.base}/ready").status_code == 200
         summary = httpx.get(f"{up.base}/api/v1/datasets/default").json()
         assert summary["recordings"] == 350 and len(summary["classes"]) == 7
