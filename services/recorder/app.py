@@ -70,6 +70,7 @@ class Recorder:
         self.stop = stop
         self.events = 0
         self.metrics = 0
+        self._ahead: asyncio.Task[tuple[list[bytes], Prepared] | None] | None = None
 
     async def _redis(self, what: str, action: Callable[[], Awaitable[T]]) -> T | None:
         """Await a Redis call, waiting out connection failures; None when stopped first."""
@@ -97,8 +98,14 @@ class Recorder:
         ids, batch = prepare(raw)
         return await self.commit(ids, batch)
 
-    async def commit(self, ids: list[bytes], batch: Prepared) -> bool:
-        result = await self.store.write_batch(batch, self.stop)
+    def _read_ahead(self) -> None:
+        """Read and parse the next batch while the database works on this one."""
+        if self._ahead is None and not self.stop.is_set():
+            self._ahead = asyncio.create_task(self._read(1))
+
+    async def commit(self, ids: list[bytes], batch: Prepared, *, ahead: bool = False) -> bool:
+        copying = self._read_ahead if ahead else None
+        result = await self.store.write_batch(batch, self.stop, copying)
         if result is None:
             return False
         await self._redis("xack", lambda: self.stream.ack(ids))
@@ -154,35 +161,31 @@ class Recorder:
         loop = asyncio.get_running_loop()
         next_claim = 0.0
         next_trim = loop.time() + self.settings.trim_interval_s
-        ahead: asyncio.Task[tuple[list[bytes], Prepared] | None] | None = None
         try:
             while not self.stop.is_set():
                 now = loop.time()
-                if now >= next_claim and ahead is None:
+                if now >= next_claim and self._ahead is None:
                     await self.claim_abandoned()
                     next_claim = loop.time() + self.settings.claim_interval_s
-                if now >= next_trim and ahead is None:
+                if now >= next_trim and self._ahead is None:
                     await self.housekeeping()
                     next_trim = loop.time() + self.settings.trim_interval_s
-                if ahead is not None:
-                    batch, ahead = await ahead, None
+                if self._ahead is not None:
+                    batch, self._ahead = await self._ahead, None
                 else:
                     until = min(next_claim, next_trim) - loop.time()
                     block = int(max(0.001, min(self.settings.block_ms / 1000, until)) * 1000)
                     batch = await self._read(block)
                 if batch is None:
                     continue
-                if not self.stop.is_set():
-                    # Read (and parse) the next batch while this one is written.
-                    ahead = asyncio.create_task(self._read(1))
-                if not await self.commit(*batch):
+                if not await self.commit(*batch, ahead=True):
                     break
         finally:
-            if ahead is not None:
+            if self._ahead is not None:
                 # Entries already delivered to this consumer are finished before it stops; if
                 # that fails they stay pending and a peer or a successor claims them.
                 with contextlib.suppress(Exception):
-                    pending = await ahead
+                    pending, self._ahead = await self._ahead, None
                     if pending is not None:
                         await self.commit(*pending)
 

@@ -166,8 +166,15 @@ class Store:
                 log.info("database back", what=what, failures=failures)
             return result
 
-    async def write(self, conn: asyncpg.Connection, batch: Prepared) -> WriteResult:
-        """Write one batch in one transaction."""
+    async def write(
+        self,
+        conn: asyncpg.Connection,
+        batch: Prepared,
+        copying: Callable[[], object] | None = None,
+    ) -> WriteResult:
+        """Write one batch in one transaction; `copying` is called when the COPY of its metric
+        rows starts (the longest wait on the database, a good time to prepare the next batch).
+        """
         result = WriteResult()
         entries = batch.entries
         if not entries:
@@ -189,6 +196,8 @@ class Store:
             new = [e for e in entries if e.event_id in new_ids]
             rows = [row for e in new for row in batch.rows.get(e.event_id, ())]
             if rows:
+                if copying is not None:
+                    copying()
                 await conn.copy_records_to_table(
                     "training_metrics", records=rows, columns=METRIC_COLUMNS
                 )
@@ -198,7 +207,12 @@ class Store:
         result.events, result.metrics, result.jobs = len(new), len(rows), len(deltas)
         return result
 
-    async def write_batch(self, batch: Prepared, stop: asyncio.Event) -> WriteResult | None:
+    async def write_batch(
+        self,
+        batch: Prepared,
+        stop: asyncio.Event,
+        copying: Callable[[], object] | None = None,
+    ) -> WriteResult | None:
         """Write a batch, waiting out outages; None when stopped before it was written.
 
         A batch the database rejects for its content is written entry by entry, and an entry
@@ -207,7 +221,7 @@ class Store:
         """
 
         async def whole(conn: asyncpg.Connection) -> WriteResult:
-            return await self.write(conn, batch)
+            return await self.write(conn, batch, copying)
 
         try:
             return await self.retrying("write batch", whole, stop)
