@@ -334,3 +334,10 @@ async def test_metrics_policies_skip_plain_postgres(db: asyncpg.Connection) -> N
     if await timescale_enabled(db):
         pytest.skip("TimescaleDB present: the policies are exercised instead")
     assert await apply_policies(db, retention_days=30, compress_after_days=7) == []
+
+
+def test_metric_row_ids_are_uuid5_of_event_id_and_index() -> None:
+    from services.recorder.entries import METRICS_NAMESPACE, point_ids
+
+    expected = [uuid.uuid5(METRICS_NAMESPACE, f"1732790000000-7/{i}") for i in range(300)]
+    assert [uuid.UUID(u) for u in point_ids("1732790000000-7", 300)] == expected

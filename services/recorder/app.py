@@ -164,10 +164,12 @@ class Recorder:
         try:
             while not self.stop.is_set():
                 now = loop.time()
-                if now >= next_claim and self._ahead is None:
+                # Housekeeping also runs under sustained load, with a read-ahead in flight: its
+                # entries are pending, so neither claimed by peers too early nor trimmed.
+                if now >= next_claim:
                     await self.claim_abandoned()
                     next_claim = loop.time() + self.settings.claim_interval_s
-                if now >= next_trim and self._ahead is None:
+                if now >= next_trim:
                     await self.housekeeping()
                     next_trim = loop.time() + self.settings.trim_interval_s
                 if self._ahead is not None:
