@@ -98,6 +98,13 @@ async def submit(settings: Settings, db: asyncpg.Connection, config: TrainingCon
     return str(row["id"])
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training processes inherit this: on two shared cores, multi-threaded kernels spin on
+    barriers and run many times slower than single-threaded ones."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 @asynccontextmanager
 async def burst_worker(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
     """A burst-mode worker running in the background; it ends when the queue is drained."""

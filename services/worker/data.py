@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import asyncpg
 import numpy as np
 import torch
 import torchaudio.functional as AF
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from services.worker.errors import DatasetError
 from shared.config import TrainingConfig
-from shared.datasets import Recording, load_signal
+from shared.datasets import Recording, load_signal, select_recordings
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,13 @@ class Split:
     @property
     def size(self) -> int:
         return len(self.train) + len(self.val)
+
+
+async def job_recordings(conn: asyncpg.Connection, config: TrainingConfig) -> list[Recording]:
+    """The recordings of `config.dataset` that pass `min_snr_db` and `only_approved`."""
+    return await select_recordings(
+        conn, config.dataset, min_snr_db=config.min_snr_db, only_approved=config.only_approved
+    )
 
 
 def check_recordings(recordings: Sequence[Recording], config: TrainingConfig) -> None:

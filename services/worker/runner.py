@@ -18,13 +18,13 @@ import redis.asyncio as aredis
 import structlog
 
 from services.worker.checkpoint import BEST
+from services.worker.data import check_recordings, job_recordings
 from services.worker.errors import WorkerError
 from services.worker.hardware import check_accelerator
 from services.worker.listener import CommandListener, Watch
 from services.worker.process import Payload, TrainingRun
 from shared import keys
 from shared.commands import DeleteJob
-from shared.datasets import select_recordings
 from shared.emit import AsyncEmitter
 from shared.events import Event, JobCancelled, JobFailed
 from shared.jobs import fetch_job, job_config
@@ -87,12 +87,8 @@ class JobRunner:
             try:
                 config = job_config(row)
                 check_accelerator(config)
-                recordings = await select_recordings(
-                    conn,
-                    config.dataset,
-                    min_snr_db=config.min_snr_db,
-                    only_approved=config.only_approved,
-                )
+                recordings = await job_recordings(conn, config)
+                check_recordings(recordings, config)
             except WorkerError as exc:
                 log.warning("job cannot run", error=str(exc))
                 await self._emit(JobFailed(job_id=job_id, error_message=str(exc)))

@@ -1,0 +1,343 @@
+"""The training functions directly, in-process: every TrainingConfig field has an effect.
+
+Fast tests on the plain functions; the end-to-end path is in test_worker_e2e.py.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import torch
+
+from services.worker import trainer as trainer_mod
+from services.worker.data import check_recordings, job_recordings, stratified_split
+from services.worker.errors import (
+    AcceleratorUnavailable,
+    DatasetError,
+    PretrainedWeightsUnavailable,
+    TrainingCancelled,
+)
+from services.worker.features import ExportLogMel, FeatureParams, LogMel
+from services.worker.hardware import check_accelerator
+from services.worker.model import build_model, head_prefix
+from services.worker.optim import EarlyStopping, LrSchedule, build_optimizer
+from services.worker.process import OPEN, PARENT, TRAINER, claim
+from services.worker.progress import ListSink, NeverStop, ProgressReporter
+from services.worker.trainer import TrainSpec, prepare, train
+from shared.config import TrainingConfig
+from shared.datasets import Recording, write_synthetic
+from shared.events import BatchProgress, EpochCompleted, Event, JobStarted
+from shared.settings import Settings
+from shared.synth import synth_dataset
+from shared.wavio import write_wav
+
+BASE: dict[str, Any] = {
+    "model_architecture": "convnext_atto",
+    "pretrained": False,
+    "batch_size": 16,
+    "num_workers": 0,
+    "n_fft": 256,
+    "hop_length": 64,
+    "n_mels": 32,
+    "accelerator": "cpu",
+    "min_snr_db": -100.0,
+    "only_approved": False,
+    "warmup_epochs": 0,
+    "learning_rate": 0.002,
+    "epochs": 2,
+    "seed": 11,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """Other suites run beside this one on two cores; multi-threaded kernels that have to
+    share cores spin on barriers and run many times slower, so train single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(**overrides: Any) -> TrainingConfig:
+    cfg = TrainingConfig(**{**BASE, **overrides})
+    cfg.check()
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> list[Recording]:
+    """70 synthetic recordings (10 per class), 0.25 s at 8 kHz, without a database."""
+    root = tmp_path_factory.mktemp("recordings")
+    out = []
+    for rec in synth_dataset(70, seed=5, duration_s=0.25):
+        rid = str(uuid.uuid4())
+        path = root / rec.label / f"{rid}.wav"
+        write_wav(path, rec.samples, rec.sample_rate)
+        out.append(
+            Recording(rid, str(path), rec.label, rec.snr_db, rec.approved, rec.sample_rate, 0.25, 1)
+        )
+    return out
+
+
+def spec(recordings: list[Recording], tmp_path: Path, **overrides: Any) -> TrainSpec:
+    return TrainSpec(
+        job_id="job",
+        config=config(**overrides),
+        recordings=recordings,
+        out_dir=tmp_path / "out",
+        progress_interval_s=0.0,
+        export_onnx=False,
+    )
+
+
+def of(kind: type[Event], events: list[Event]) -> list[Any]:
+    return [e for e in events if isinstance(e, kind)]
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def test_batch_size_sets_batches_per_epoch(recordings: list[Recording], tmp_path: Path) -> None:
+    for batch_size in (8, 32):
+        run = prepare(spec(recordings, tmp_path, batch_size=batch_size, validation_split=0.2))
+        assert len(run.split.train) == 56
+        assert len(run.train_loader) == math.ceil(56 / batch_size)
+
+
+def test_validation_split_is_stratified_and_seeded(recordings: list[Recording]) -> None:
+    for fraction, expected_val in ((0.0, 0), (0.2, 14), (0.5, 35)):
+        split = stratified_split(recordings, fraction, seed=1)
+        assert len(split.val) == expected_val and split.size == 70
+        per_class = {c: sum(r.label == c for r in split.val) for c in split.classes}
+        assert set(per_class.values()) == {expected_val // 7}
+    a, b, c = (stratified_split(recordings, 0.3, seed=s) for s in (1, 1, 2))
+    assert [r.id for r in a.val] == [r.id for r in b.val] != [r.id for r in c.val]
+
+
+async def test_dataset_and_filters_select_the_recordings(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await write_synthetic(db, settings.datasets_dir, "one", 60, seed=2, duration_s=0.1)
+    await write_synthetic(db, settings.datasets_dir, "two", 20, seed=3, duration_s=0.1)
+    everything = await job_recordings(db, config(dataset="one"))
+    assert len(everything) == 60
+    assert len(await job_recordings(db, config(dataset="two"))) == 20
+    clean = await job_recordings(db, config(dataset="one", min_snr_db=10.0))
+    approved = await job_recordings(db, config(dataset="one", only_approved=True))
+    assert 0 < len(clean) < 60 and all((r.snr_db or 0) >= 10.0 for r in clean)
+    assert 0 < len(approved) < 60 and all(r.approved for r in approved)
+    with pytest.raises(DatasetError, match="selects none"):
+        check_recordings(await job_recordings(db, config(dataset="none")), config())
+
+
+def test_num_workers_sets_loader_processes(recordings: list[Recording], tmp_path: Path) -> None:
+    run = prepare(spec(recordings, tmp_path, num_workers=2, batch_size=32))
+    assert run.train_loader.num_workers == 2 and run.val_loader.num_workers == 2
+    wave, label = next(iter(run.train_loader))
+    assert wave.shape == (32, 2000) and label.shape == (32,)
+
+
+# --- features -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n_mels", "n_fft", "hop"), [(32, 256, 64), (16, 128, 100), (40, 255, 32)])
+def test_feature_params_shape_the_input_and_export_matches(
+    n_mels: int, n_fft: int, hop: int
+) -> None:
+    params = FeatureParams(
+        sample_rate=8000, num_samples=2000, n_fft=n_fft, hop_length=hop, n_mels=n_mels
+    )
+    logmel = LogMel(params)
+    wave = torch.randn(3, 2000) * 0.3
+    feats = logmel(wave)
+    assert feats.shape == (3, 1, n_mels, 1 + 2000 // hop) == (3, 1, n_mels, params.frames)
+    assert logmel.mel.n_fft == n_fft
+    assert torch.allclose(ExportLogMel(logmel)(wave), feats, atol=1e-3)
+
+
+def test_normalisation_uses_train_split_stats(recordings: list[Recording], tmp_path: Path) -> None:
+    run = prepare(spec(recordings, tmp_path))
+    features = trainer_mod.fit_features(run, NeverStop())
+    x = torch.cat([features(w) for w, _ in run.train_loader])
+    assert abs(float(x.mean())) < 1e-3
+    assert abs(float(x.transpose(0, 2).reshape(32, -1).std(dim=1).mean()) - 1.0) < 1e-2
+
+
+# --- model and optimiser --------------------------------------------------------------------
+
+
+def test_architecture_dropout_and_weight_decay(recordings: list[Recording]) -> None:
+    atto = build_model(config(dropout_rate=0.35), num_classes=5)
+    femto = build_model(config(model_architecture="convnext_femto"), num_classes=5)
+    assert sum(p.numel() for p in femto.parameters()) > sum(p.numel() for p in atto.parameters())
+    assert atto.head.drop.p == 0.35  # type: ignore[union-attr]
+    assert atto.stem[0].in_channels == 1 and atto.head.fc.out_features == 5  # type: ignore[index,union-attr]
+    optimizer = build_optimizer(atto, config(weight_decay=0.05, learning_rate=0.004))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.05
+    assert optimizer.param_groups[0]["lr"] == 0.004
+
+
+def test_pretrained_fails_at_once_when_weights_cannot_be_had() -> None:
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        build_model(config(pretrained=True), num_classes=3)
+    message = str(info.value)
+    for words in ("convnext_atto", "not in the local Hugging Face cache", "pretrained=false"):
+        assert words in message
+
+
+def test_gpu_without_cuda_fails_clearly() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(AcceleratorUnavailable, match="CUDA is not available"):
+        check_accelerator(config(accelerator="gpu"))
+    check_accelerator(config(accelerator="cpu"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "warmup", "expected"),
+    [
+        ("cosine", 0, [1.0, 0.904508, 0.654508, 0.345492, 0.095492]),
+        ("cosine", 2, [1 / 3, 2 / 3, 1.0, 0.75, 0.25]),
+        ("step", 0, [1.0, 0.1, 0.01, 0.001, 0.0001]),
+        ("step", 2, [1 / 3, 2 / 3, 1.0, 0.1, 0.01]),
+        ("plateau", 1, [0.5, 1.0, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_lr_schedule_and_warmup(kind: str, warmup: int, expected: list[float]) -> None:
+    cfg = config(lr_scheduler=kind, warmup_epochs=warmup, epochs=5, learning_rate=1.0)
+    schedule = LrSchedule.from_config(cfg)
+    assert [round(schedule.lr_at(e), 6) for e in range(5)] == [round(x, 6) for x in expected]
+
+
+def test_plateau_lowers_the_rate_when_the_loss_stalls() -> None:
+    schedule = LrSchedule.from_config(
+        config(lr_scheduler="plateau", early_stop_patience=4, learning_rate=1.0)
+    )
+    for epoch, loss in enumerate([1.0, 0.9, 0.95, 0.95, 0.95]):
+        schedule.observe(epoch, loss)
+    assert schedule.lr_at(5) == pytest.approx(0.1)
+
+
+def test_early_stopping_counts_patience() -> None:
+    early = EarlyStopping(patience=2)
+    assert early.update(1, 1.0) and not early.should_stop
+    assert not early.update(2, 1.1) and not early.should_stop
+    assert not early.update(3, 1.0) and early.should_stop
+    assert early.best_epoch == 1
+
+
+# --- the training loop ----------------------------------------------------------------------
+
+
+def test_seeded_run_is_reproducible_and_reports_its_schedule(
+    recordings: list[Recording], tmp_path: Path
+) -> None:
+    overrides = {"lr_scheduler": "step", "warmup_epochs": 1, "epochs": 2}
+    runs = []
+    for i, seed in enumerate((11, 11, 12)):
+        sink = ListSink()
+        path = tmp_path / str(i)
+        result = train(spec(recordings, path, seed=seed, **overrides), sink, NeverStop())
+        runs.append([(e.train_loss, e.val_loss, e.gradient_norm) for e in result.history])
+        epochs = of(EpochCompleted, sink.events)
+        assert [e.epoch for e in epochs] == [1, 2] and result.epochs_run == 2
+        assert [e.learning_rate for e in epochs] == pytest.approx([0.001, 0.002])
+        assert all(e.gradient_norm and e.gradient_norm > 0 for e in epochs)
+        assert (path / "out" / "best.pt").exists() and (path / "out" / "last.pt").exists()
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_freeze_backbone_trains_only_the_head(recordings: list[Recording], tmp_path: Path) -> None:
+    run = prepare(spec(recordings, tmp_path, freeze_backbone=True))
+    prefix = head_prefix(run.network)
+    before = {k: v.clone() for k, v in run.network.state_dict().items()}
+    assert run.trainable and all(p.requires_grad for p in run.trainable)
+    names = [n for n, _ in run.network.named_parameters()]
+    trainable = {n for n, p in run.network.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in names if n.startswith(prefix)} and len(trainable) < len(names)
+    trainer_mod.fit_features(run, NeverStop())
+    trainer_mod.train_epoch(run, 1, 0.01, None, NeverStop())
+    after = run.network.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(prefix) for k in changed)
+
+
+def test_early_stop_patience_ends_the_job(
+    recordings: list[Recording], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    losses = iter([1.0, 0.8, 0.9, 0.85, 0.95, 0.7, 0.6])
+    monkeypatch.setattr(trainer_mod, "validate", lambda run, stop: (next(losses), 0.5))
+    sink = ListSink()
+    result = train(spec(recordings, tmp_path, epochs=7, early_stop_patience=3), sink, NeverStop())
+    assert result.stopped_early and result.epochs_run == 5
+    assert result.best_epoch == 2 and result.best_val_loss == 0.8
+    assert [e.is_best for e in of(EpochCompleted, sink.events)] == [True, True] + [False] * 3
+
+
+def test_progress_carries_every_batch_when_throttled() -> None:
+    sink = ListSink()
+    reporter = ProgressReporter(sink, "job", total_batches=50, interval_s=3600.0)
+    one = torch.tensor(1.0)
+    for batch in range(1, 51):
+        reporter.record(1, batch, one, one, torch.tensor(math.inf), 0.1)
+    assert sink.events == []
+    reporter.flush()
+    (event,) = sink.events
+    assert isinstance(event, BatchProgress) and event.batch == 50
+    assert [p.batch for p in event.points] == list(range(1, 51))
+    assert event.points[0].gradient_norm is None
+
+
+class StopAt:
+    """Sets itself once the trainer has emitted the event `when` is true of."""
+
+    def __init__(self, sink: ListSink, when: Any) -> None:
+        self.sink, self.when = sink, when
+
+    def is_set(self) -> bool:
+        return any(self.when(e) for e in self.sink.events)
+
+
+@pytest.mark.parametrize(
+    ("phase", "when"),
+    [
+        ("training", lambda e: isinstance(e, BatchProgress)),
+        # The epoch's last batch has been flushed: the trainer is validating.
+        ("validation", lambda e: isinstance(e, BatchProgress) and e.batch == e.total_batches),
+    ],
+)
+def test_stop_is_seen_in_training_and_in_validation(
+    recordings: list[Recording], tmp_path: Path, phase: str, when: Any
+) -> None:
+    sink = ListSink()
+    with pytest.raises(TrainingCancelled) as info:
+        train(spec(recordings, tmp_path, epochs=50), sink, StopAt(sink, when))
+    assert info.value.phase == phase
+    assert not of(EpochCompleted, sink.events)
+    assert len(of(JobStarted, sink.events)) == 1
+
+
+def test_terminal_gate_admits_one_claimant() -> None:
+    import multiprocessing as mp
+
+    gate = mp.get_context("spawn").Value("i", OPEN)
+    assert claim(gate, PARENT)
+    assert not claim(gate, TRAINER) and not claim(gate, PARENT)
+
+
+def test_onnx_export_matches_pytorch(recordings: list[Recording], tmp_path: Path) -> None:
+    sink = ListSink()
+    result = train(
+        replace(spec(recordings, tmp_path, epochs=1), export_onnx=True), sink, NeverStop()
+    )
+    assert result.onnx_model_path and Path(result.onnx_model_path).exists()
+    assert result.onnx_max_abs_diff is not None and result.onnx_max_abs_diff < 2e-3
