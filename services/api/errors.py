@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -75,6 +76,11 @@ def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Respons
     return Response(_body(exc.status_code, exc.detail, exc.extra), status_code=exc.status_code)
 
 
+def data_error_handler(_: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[Any]:
+    """A value the database cannot hold (an out-of-range number, say) is the caller's error."""
+    return Response(_body(400, f"invalid value: {exc}"), status_code=400)
+
+
 def unexpected_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """The last resort: log with a traceback, answer without leaking internals."""
     log.exception("unhandled error", path=request.url.path, error=type(exc).__name__)
@@ -89,5 +95,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HeimdallError: heimdall_error_handler,
     ValidationException: validation_handler,
     HTTPException: http_error_handler,
+    asyncpg.DataError: data_error_handler,
     Exception: unexpected_handler,
 }

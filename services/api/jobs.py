@@ -109,7 +109,7 @@ class JobsController(Controller):
         state: State,
         status: FromQuery[JobStatus | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=2**31 - 1)] = 0,
     ) -> dict[str, Any]:
         rows, total = await store.list_jobs(_res(state).db, status, limit, offset)
         return {"jobs": [views.job_summary(r) for r in rows], "total": total}
