@@ -341,3 +341,22 @@ def test_metric_row_ids_are_uuid5_of_event_id_and_index() -> None:
 
     expected = [uuid.uuid5(METRICS_NAMESPACE, f"1732790000000-7/{i}") for i in range(300)]
     assert [uuid.UUID(u) for u in point_ids("1732790000000-7", 300)] == expected
+
+
+async def test_an_entry_the_database_rejects_is_dropped_alone(
+    settings: Settings, db: asyncpg.Connection, redis_client: aredis.Redis
+) -> None:
+    job = await new_job(db)
+    emitter = AsyncEmitter(redis_client)
+    await emitter.emit(JobStarted(job_id=job))
+    # An epoch beyond INTEGER: the whole batch fails, then every entry but this one is written.
+    bad = BatchPoint(2**40, 1, 0.1, 0.1, 0.1, None, 1.7e9)
+    await emitter.emit(BatchProgress(job_id=job, epoch=1, batch=1, total_batches=9, points=[bad]))
+    await emitter.emit(epoch_done(job, 1, 0.5))
+    async with recorder(settings):
+        await wait_for(lambda: drained(redis_client), what="all entries acked")
+    types = [
+        r[0] for r in await db.fetch("SELECT type FROM training_events ORDER BY id_ms, id_seq")
+    ]
+    assert types == ["job_started", "epoch_completed"]
+    assert await db.fetchval("SELECT count(*) FROM training_metrics") == 1
