@@ -25,7 +25,7 @@ export function lineChart(
     scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
     axes: [
       { label: x, labelSize: 18, size: 36, ...(integerX ? { incrs: INTEGER_STEPS } : {}) },
-      { label: yLabel, labelSize: 18, size: 56 },
+      { label: yLabel, labelSize: 18, size: 56, values: (_, ticks) => ticks.map(tick) },
     ],
     series: [
       { label: x, value: (_, v) => (v == null ? "—" : +v.toFixed(3)) },
@@ -56,6 +56,10 @@ export function lineChart(
         const data = pending;
         pending = null;
         plot.setData(data);
+        // Out of the cursor's way, the legend shows the latest values rather than dashes.
+        if (plot.cursor.left == null || plot.cursor.left < 0) {
+          plot.setLegend({ idx: data[0].length ? data[0].length - 1 : null });
+        }
         el.dataset.points = String(data[0].length);
       });
     },
@@ -64,6 +68,14 @@ export function lineChart(
       plot.destroy();
     },
   };
+}
+
+/** Axis ticks: enough significant digits that neighbours differ (0.0025, not 0.003). */
+function tick(v) {
+  if (v == null) return "";
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-4 || a >= 1e6)) return v.toExponential(1);
+  return String(+v.toPrecision(4));
 }
 
 function formatValue(v) {

@@ -18,8 +18,8 @@ export function jobView(root, { params: [jobId] }) {
   const title = h("h1", {}, "Job");
   const statusSlot = h("span");
   const connection = h("span", { class: "connection", dataset: { state: "idle" } });
-  const cancelButton = h("button", { type: "button", class: "danger-outline", onclick: cancel }, "Cancel");
-  const deleteButton = h("button", { type: "button", class: "danger", onclick: remove }, "Delete");
+  const cancelButton = h("button", { type: "button", class: "danger-outline", dataset: { action: "cancel" }, onclick: cancel }, "Cancel");
+  const deleteButton = h("button", { type: "button", class: "danger", dataset: { action: "delete" }, onclick: remove }, "Delete");
   const actionError = h("div");
   const progress = h("div", { class: "progress-block" });
   const failure = h("div");
@@ -236,10 +236,16 @@ export function jobView(root, { params: [jobId] }) {
     }
   }
 
-  async function refresh() {
+  async function refresh(tries = 10) {
     try {
       const detail = await api(url);
       if (stopped) return;
+      if (isFinished(job?.status) && !isFinished(detail.job.status) && tries > 1) {
+        // The socket saw the end before the recorder wrote it: ask again shortly, and never
+        // show a finished job as running meanwhile.
+        setTimeout(() => refresh(tries - 1), 500);
+        return;
+      }
       job = { ...job, ...detail.job };
       for (const row of detail.recent_metrics ?? []) if (!epochs.has(row.epoch)) epochs.set(row.epoch, row);
       drawEpochs();

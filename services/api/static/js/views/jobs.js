@@ -83,7 +83,7 @@ export function jobsView(root, { query }) {
       { dataset: { jobId: job.id } },
       h("td", { class: "check" }, box),
       h("td", {}, h("a", { href: `#/jobs/${job.id}` }, job.job_name)),
-      h("td", {}, badge(job.status)),
+      h("td", { title: job.error_message ?? null }, badge(job.status)),
       h(
         "td",
         { class: "progress-cell" },
@@ -121,9 +121,13 @@ export function jobsView(root, { query }) {
       );
       const first = total ? (page - 1) * PAGE_SIZE + 1 : 0;
       pager.replaceChildren(
-        h("button", { type: "button", disabled: page <= 1, onclick: () => go(page - 1) }, "‹ Previous"),
-        h("span", { class: "muted" }, `${first}–${(page - 1) * PAGE_SIZE + jobs.length} of ${total} · page ${page}/${pages}`),
-        h("button", { type: "button", disabled: page >= pages, onclick: () => go(page + 1) }, "Next ›"),
+        h("button", { type: "button", dataset: { page: "previous" }, disabled: page <= 1, onclick: () => go(page - 1) }, "‹ Previous"),
+        h(
+          "span",
+          { class: "muted", dataset: { range: `${first}-${(page - 1) * PAGE_SIZE + jobs.length}/${total}` } },
+          `${first}–${(page - 1) * PAGE_SIZE + jobs.length} of ${total} · page ${page}/${pages}`,
+        ),
+        h("button", { type: "button", dataset: { page: "next" }, disabled: page >= pages, onclick: () => go(page + 1) }, "Next ›"),
       );
     } catch (error) {
       if (stopped) return;
