@@ -233,7 +233,10 @@ async def run_recorder(
                 compress_after_days=rs.metrics_compress_after_days,
             )
 
-        await store.run("start-up", policies, stop)
+        try:
+            await store.run("start-up", policies, stop)
+        except asyncpg.PostgresError as exc:  # a policy is an optimisation, not a reason to stop
+            log_.error("metrics policies not applied", error=f"{type(exc).__name__}: {exc}")
         await recorder.run()
     finally:
         for sig in installed:

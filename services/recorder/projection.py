@@ -186,7 +186,7 @@ def _update_sql() -> str:
     sets = [
         f"status = CASE WHEN $2::text IS NOT NULL AND {sql_rank_case('$2::text')}"
         f" >= {sql_rank_case('j.status')} THEN $2::text ELSE j.status END",
-        "started_at = COALESCE(j.started_at, $3::timestamp)",
+        "started_at = LEAST(j.started_at, $3::timestamp)",  # LEAST skips NULLs
         f"completed_at = CASE WHEN $2::text IN ({terminal}) THEN $4::timestamp"
         " ELSE j.completed_at END",
     ]
