@@ -110,6 +110,13 @@ class JobWarning(Event, tag="job_warning"):
     message: str
 
 
+class TrackingLinked(Event, tag="tracking_linked"):
+    """The job's runs in external trackers (TensorBoard folder, MLflow run)."""
+
+    mlflow_run_id: str | None = None
+    tensorboard_dir: str | None = None
+
+
 AnyEvent = (
     JobQueued
     | JobStarted
@@ -120,6 +127,7 @@ AnyEvent = (
     | JobFailed
     | JobCancelled
     | JobWarning
+    | TrackingLinked
 )
 
 _encoder = msgspec.json.Encoder()
