@@ -61,6 +61,8 @@ class Feed:
     sender: Sender
     last_key: tuple[int, int] | None = None
     last_status_at: float = field(default_factory=time.monotonic)
+    sent_id: str | None = None
+    """The newest event whose messages all went out: where a cut-off client should resume."""
 
     @property
     def finished(self) -> bool:
@@ -84,8 +86,10 @@ class Feed:
                 await self.sender.send(msg.epoch_completed(event, item.event_id))
             case JobWarning():
                 await self.sender.send(msg.warning(event, item.event_id))
+                self.sent_id = item.event_id
                 return
         await self.send_status()
+        self.sent_id = item.event_id
 
     async def heartbeat_wait(self, sub: Subscription, heartbeat_s: float) -> LiveItem | None:
         """The next live item, or None (after sending a heartbeat) when it is time for one."""
@@ -185,6 +189,7 @@ async def supervise(
     resume = f"; reconnect with ?after={after} to resume" if after else "; reconnect to resume"
     if sub.lost.done():
         reason = sub.lost.result()
+        log.info("websocket feed lost", reason=reason, last_event_id=after)
         if reason == FEED_TOO_SLOW:
             await close(socket, CLOSE_TOO_SLOW, f"client too slow, fell behind{resume}")
         else:

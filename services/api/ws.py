@@ -100,6 +100,7 @@ async def training_socket(socket: Socket, job_id: FromPath[str]) -> None:
                 feed.state["last_event_id"], feed.last_key = after, after_key
             elif last is not None:
                 feed.last_key = parse_event_id(last)
+            feed.sent_id = feed.state["last_event_id"]
             await sender.send(msg.connected(job_id))
             await feed.send_status()
             if feed.finished:
@@ -114,7 +115,7 @@ async def training_socket(socket: Socket, job_id: FromPath[str]) -> None:
                     return
                 await pump_live(feed, sub, res.settings.heartbeat_s, replay=False)
 
-            await supervise(socket, sender, sub, pump, lambda: feed.state["last_event_id"])
+            await supervise(socket, sender, sub, pump, lambda: feed.sent_id)
     except (FeedLost, RedisError, OSError, TimeoutError):
         await close(socket, CLOSE_TRY_AGAIN, "live feed unavailable; reconnect to resume")
 
