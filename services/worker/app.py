@@ -7,6 +7,7 @@ coroutine only supervises it, so the event loop stays free to hear cancel comman
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis.asyncio as aredis
@@ -15,6 +16,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from services.worker.listener import CommandListener
+from services.worker.process import warm_up
 from services.worker.runner import JobRunner, train_job
 from shared import keys
 from shared.db import create_pool
@@ -45,6 +47,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     await listener.start()
     ctx["listener"] = listener
     ctx["runner"] = JobRunner(settings, ctx["db_pool"], client, listener)
+    await asyncio.to_thread(warm_up)
     log.info("worker ready", queue=keys.ARQ_QUEUE, worker=ctx["runner"].name)
 
 
