@@ -16,6 +16,10 @@ from litestar.static_files import create_static_files_router
 STATIC_DIR = Path(__file__).parent / "static"
 """Shipped as package data (see `tool.setuptools.package-data` in pyproject.toml)."""
 
+PUBLIC = {"public": True}
+"""Route option: the page and its files hold no data, so they load without the API token (the
+page then asks for the token when the API answers 401). Honoured by the token guard."""
+
 # Revalidate on every load: the files change with each release and carry no version in their
 # names, while ETags keep the revalidation cheap.
 _REVALIDATE = CacheControlHeader(no_cache=True)
@@ -27,6 +31,7 @@ _REVALIDATE = CacheControlHeader(no_cache=True)
     media_type=MediaType.HTML,
     cache_control=_REVALIDATE,
     name="dashboard",
+    opt=PUBLIC,
 )
 async def dashboard_page() -> Response[bytes]:
     """The single page; the views are routed in the browser (`#/jobs/<id>`, `#/compare?...`)."""
@@ -41,5 +46,6 @@ def dashboard_routes() -> list[Any]:
         name="dashboard_static",
         cache_control=_REVALIDATE,
         include_in_schema=False,
+        opt=PUBLIC,
     )
     return [dashboard_page, static]

@@ -18,7 +18,9 @@ export class ApiError extends Error {
     const out = {};
     const add = (key, message) => {
       if (!key) return;
-      const name = String(key).replace(/^\$?\.?(config\.)?/, "").split(/[.[]/)[0];
+      const name = String(key)
+        .replace(/^\$?\.?(config\.)?/, "")
+        .split(/[.[]/)[0];
       if (name && !(name in out)) out[name] = message;
     };
     const { extra, detail } = this.body;

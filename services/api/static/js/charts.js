@@ -1,7 +1,16 @@
 // uPlot line charts that follow their container's width. uPlot is loaded as a global by
 // index.html (vendor/uPlot.iife.min.js).
 
-export const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db2777", "#4d7c0f"];
+export const PALETTE = [
+  "#2563eb",
+  "#dc2626",
+  "#16a34a",
+  "#9333ea",
+  "#ea580c",
+  "#0891b2",
+  "#db2777",
+  "#4d7c0f",
+];
 
 const HEIGHT = 230;
 const INTEGER_STEPS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000];
@@ -25,7 +34,7 @@ export function lineChart(
     scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
     axes: [
       { label: x, labelSize: 18, size: 36, ...(integerX ? { incrs: INTEGER_STEPS } : {}) },
-      { label: yLabel, labelSize: 18, size: 56, values: (_, ticks) => ticks.map(tick) },
+      { label: yLabel, labelSize: 18, size: axisWidth, values: (_, ticks) => ticks.map(tick) },
     ],
     series: [
       { label: x, value: (_, v) => (v == null ? "—" : +v.toFixed(3)) },
@@ -74,8 +83,14 @@ export function lineChart(
 function tick(v) {
   if (v == null) return "";
   const a = Math.abs(v);
-  if (a !== 0 && (a < 1e-4 || a >= 1e6)) return v.toExponential(1);
+  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(2).replace(/\.?0+e/, "e");
   return String(+v.toPrecision(4));
+}
+
+/** The y axis is as wide as its longest tick label. */
+function axisWidth(_, values) {
+  const longest = Math.max(0, ...(values ?? []).map((v) => String(v).length));
+  return Math.max(40, 16 + longest * 7);
 }
 
 function formatValue(v) {

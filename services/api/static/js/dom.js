@@ -17,7 +17,15 @@ export function h(tag, attrs, ...children) {
   return el;
 }
 
-export const STATUSES = ["pending", "queued", "running", "paused", "completed", "failed", "cancelled"];
+export const STATUSES = [
+  "pending",
+  "queued",
+  "running",
+  "paused",
+  "completed",
+  "failed",
+  "cancelled",
+];
 const FINISHED = new Set(["completed", "failed", "cancelled"]);
 export const isFinished = (status) => FINISHED.has(status);
 
@@ -51,7 +59,13 @@ export function progressBar(percentValue, label) {
   const p = Math.max(0, Math.min(100, percentValue ?? 0));
   return h(
     "div",
-    { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": p.toFixed(1) },
+    {
+      class: "progress",
+      role: "progressbar",
+      "aria-valuemin": 0,
+      "aria-valuemax": 100,
+      "aria-valuenow": p.toFixed(1),
+    },
     h("div", { class: "progress-fill", style: `width:${p}%` }),
     h("span", { class: "progress-label" }, label ?? `${p.toFixed(1)} %`),
   );

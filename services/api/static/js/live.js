@@ -30,7 +30,9 @@ export class LiveJob {
 
   url() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const url = new URL(`${scheme}//${location.host}/ws/training/${encodeURIComponent(this.jobId)}`);
+    const url = new URL(
+      `${scheme}//${location.host}/ws/training/${encodeURIComponent(this.jobId)}`,
+    );
     if (this.after) url.searchParams.set("after", this.after);
     return withToken(url.toString());
   }

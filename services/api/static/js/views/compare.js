@@ -25,7 +25,11 @@ export function compareView(root, { query }) {
       "section",
       { class: "panel" },
       h("h1", {}, "Compare jobs"),
-      h("p", { class: "muted" }, "Select two or more jobs; their curves are drawn on one chart per metric."),
+      h(
+        "p",
+        { class: "muted" },
+        "Select two or more jobs; their curves are drawn on one chart per metric.",
+      ),
       picker,
       message,
     ),
@@ -61,7 +65,9 @@ export function compareView(root, { query }) {
       return;
     }
     if (stopped) return;
-    const epochs = [...new Set(series.flatMap((rows) => rows.map((r) => r.epoch)))].sort((a, b) => a - b);
+    const epochs = [...new Set(series.flatMap((rows) => rows.map((r) => r.epoch)))].sort(
+      (a, b) => a - b,
+    );
     for (const [name, title] of METRICS) {
       const el = h("div", { class: "chart", dataset: { chart: name } });
       chartArea.append(el);
@@ -85,7 +91,11 @@ export function compareView(root, { query }) {
     // Jobs asked for by id but older than the newest 100 are fetched one by one.
     const missing = [...selected].filter((id) => !jobs.some((j) => j.id === id));
     const extra = await Promise.all(
-      missing.map((id) => api(`${JOBS}/${encodeURIComponent(id)}`).then((d) => d.job).catch(() => null)),
+      missing.map((id) =>
+        api(`${JOBS}/${encodeURIComponent(id)}`)
+          .then((d) => d.job)
+          .catch(() => null),
+      ),
     );
     const all = [...extra.filter(Boolean), ...jobs];
     if (stopped) return;
@@ -112,7 +122,11 @@ export function compareView(root, { query }) {
             job.job_name,
             " ",
             badge(job.status),
-            h("span", { class: "muted" }, ` ${job.model_architecture ?? ""} · ${when(job.created_at)}`),
+            h(
+              "span",
+              { class: "muted" },
+              ` ${job.model_architecture ?? ""} · ${when(job.created_at)}`,
+            ),
           ),
         ),
       ),

@@ -18,7 +18,11 @@ export function jobsView(root, { query }) {
     h("option", { value: "" }, "all statuses"),
     STATUSES.map((s) => h("option", { value: s, selected: s === status }, s)),
   );
-  const compare = h("a", { class: "button", href: "#/compare", "aria-disabled": "true" }, "Compare selected");
+  const compare = h(
+    "a",
+    { class: "button", href: "#/compare", "aria-disabled": "true" },
+    "Compare selected",
+  );
   const tbody = h("tbody");
   const pager = h("div", { class: "pager" });
   const message = h("div");
@@ -48,9 +52,17 @@ export function jobsView(root, { query }) {
             "tr",
             {},
             h("th", { class: "check" }),
-            ["Name", "Status", "Progress", "Train loss", "Val loss", "Val acc", "Model", "Dataset", "Created"].map(
-              (t) => h("th", {}, t),
-            ),
+            [
+              "Name",
+              "Status",
+              "Progress",
+              "Train loss",
+              "Val loss",
+              "Val acc",
+              "Model",
+              "Dataset",
+              "Created",
+            ].map((t) => h("th", {}, t)),
           ),
         ),
         tbody,
@@ -117,17 +129,48 @@ export function jobsView(root, { query }) {
       tbody.replaceChildren(
         ...(jobs.length
           ? jobs.map(row)
-          : [h("tr", {}, h("td", { colspan: 10, class: "empty" }, status ? `No ${status} jobs.` : "No jobs yet."))]),
+          : [
+              h(
+                "tr",
+                {},
+                h(
+                  "td",
+                  { colspan: 10, class: "empty" },
+                  status ? `No ${status} jobs.` : "No jobs yet.",
+                ),
+              ),
+            ]),
       );
       const first = total ? (page - 1) * PAGE_SIZE + 1 : 0;
       pager.replaceChildren(
-        h("button", { type: "button", dataset: { page: "previous" }, disabled: page <= 1, onclick: () => go(page - 1) }, "‹ Previous"),
+        h(
+          "button",
+          {
+            type: "button",
+            dataset: { page: "previous" },
+            disabled: page <= 1,
+            onclick: () => go(page - 1),
+          },
+          "‹ Previous",
+        ),
         h(
           "span",
-          { class: "muted", dataset: { range: `${first}-${(page - 1) * PAGE_SIZE + jobs.length}/${total}` } },
+          {
+            class: "muted",
+            dataset: { range: `${first}-${(page - 1) * PAGE_SIZE + jobs.length}/${total}` },
+          },
           `${first}–${(page - 1) * PAGE_SIZE + jobs.length} of ${total} · page ${page}/${pages}`,
         ),
-        h("button", { type: "button", dataset: { page: "next" }, disabled: page >= pages, onclick: () => go(page + 1) }, "Next ›"),
+        h(
+          "button",
+          {
+            type: "button",
+            dataset: { page: "next" },
+            disabled: page >= pages,
+            onclick: () => go(page + 1),
+          },
+          "Next ›",
+        ),
       );
     } catch (error) {
       if (stopped) return;
@@ -162,7 +205,13 @@ async function loadDatasets(container) {
     const { datasets } = await api("/api/v1/datasets");
     if (!datasets.length) {
       container.replaceChildren(
-        h("p", { class: "muted" }, "No datasets. Create one with ", h("code", {}, "heimdall data synth --dataset default --samples 600"), "."),
+        h(
+          "p",
+          { class: "muted" },
+          "No datasets. Create one with ",
+          h("code", {}, "heimdall data synth --dataset default --samples 600"),
+          ".",
+        ),
       );
       return;
     }
@@ -188,7 +237,11 @@ function datasetCard(ds) {
       h("dt", {}, "recordings"),
       h("dd", {}, ds.recordings),
       h("dt", {}, "approved"),
-      h("dd", {}, `${ds.approved} (${ds.recordings ? Math.round((100 * ds.approved) / ds.recordings) : 0} %)`),
+      h(
+        "dd",
+        {},
+        `${ds.approved} (${ds.recordings ? Math.round((100 * ds.approved) / ds.recordings) : 0} %)`,
+      ),
       h("dt", {}, "SNR"),
       h("dd", {}, snr),
       h("dt", {}, "duration"),

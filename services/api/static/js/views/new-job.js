@@ -7,7 +7,10 @@ import { errorBox, h } from "../dom.js";
 
 const GROUPS = [
   ["Model", ["model_architecture", "pretrained", "freeze_backbone"]],
-  ["Data", ["dataset", "batch_size", "num_workers", "validation_split", "min_snr_db", "only_approved"]],
+  [
+    "Data",
+    ["dataset", "batch_size", "num_workers", "validation_split", "min_snr_db", "only_approved"],
+  ],
   ["Features", ["n_mels", "n_fft", "hop_length"]],
   ["Training", ["epochs", "learning_rate", "weight_decay", "dropout_rate", "seed"]],
   ["Scheduler", ["lr_scheduler", "warmup_epochs", "early_stop_patience"]],
@@ -68,7 +71,11 @@ function input(name, schema) {
         const low = schema.exclusiveMinimum != null && v <= schema.exclusiveMinimum;
         const high = schema.exclusiveMaximum != null && v >= schema.exclusiveMaximum;
         el.setCustomValidity(
-          low ? `must be greater than ${schema.exclusiveMinimum}` : high ? `must be less than ${schema.exclusiveMaximum}` : "",
+          low
+            ? `must be greater than ${schema.exclusiveMinimum}`
+            : high
+              ? `must be less than ${schema.exclusiveMaximum}`
+              : "",
         );
       });
     }
@@ -89,7 +96,9 @@ function input(name, schema) {
     // rejects some ordinary JSON-schema patterns.
     const re = new RegExp(schema.pattern);
     el.addEventListener("input", () => {
-      el.setCustomValidity(el.value === "" || re.test(el.value) ? "" : `must match ${schema.pattern}`);
+      el.setCustomValidity(
+        el.value === "" || re.test(el.value) ? "" : `must match ${schema.pattern}`,
+      );
     });
   }
   return el;
@@ -132,7 +141,13 @@ function value(el, schema) {
 export function newJobView(root) {
   const status = h("div");
   root.append(
-    h("section", { class: "panel" }, h("h1", {}, "New training job"), status, h("p", { class: "muted" }, "Loading the configuration schema…")),
+    h(
+      "section",
+      { class: "panel" },
+      h("h1", {}, "New training job"),
+      status,
+      h("p", { class: "muted" }, "Loading the configuration schema…"),
+    ),
   );
   build(root, status).catch((error) => status.replaceChildren(errorBox(error)));
 }
@@ -169,7 +184,11 @@ async function build(root, status) {
         names.filter((n) => schemas[n]).map((n) => field(n, schemas[n])),
       ),
     ),
-    h("datalist", { id: "dataset-names" }, datasets.datasets.map((d) => h("option", { value: d.name }))),
+    h(
+      "datalist",
+      { id: "dataset-names" },
+      datasets.datasets.map((d) => h("option", { value: d.name })),
+    ),
     h(
       "div",
       { class: "actions" },
