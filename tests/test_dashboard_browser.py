@@ -29,9 +29,10 @@ from test_dashboard_support import (
     train,
 )
 
+from shared.config import TrainingConfig
 from shared.datasets import write_synthetic
 from shared.emit import AsyncEmitter
-from shared.events import JobFailed
+from shared.events import JobCompleted, JobFailed
 from shared.settings import Settings
 
 playwright_api = pytest.importorskip(
@@ -125,9 +126,11 @@ async def chart_points(page: Page, chart: str, n: int) -> None:
 
 
 async def test_create_a_job_through_the_form_and_watch_it_train(
-    page: Page, stack: str, http: httpx.AsyncClient, emitter: AsyncEmitter
+    page: Page, stack: str, http: httpx.AsyncClient, emitter: AsyncEmitter, settings: Settings
 ) -> None:
     await page.goto(f"{stack}/#/new")
+    for name in TrainingConfig.__struct_fields__:
+        assert await page.locator(f"#f-{name}").count() == 1, f"no input for config.{name}"
     await page.fill("#f-job_name", "from the form")
     await page.select_option("#f-model_architecture", "convnext_atto")
     await page.select_option("#f-accelerator", "cpu")
@@ -155,10 +158,22 @@ async def test_create_a_job_through_the_form_and_watch_it_train(
         await chart_points(page, "lr", epoch)
     assert int(await page.get_attribute('[data-chart="batch"]', "data-points") or 0) >= 3
     assert "epoch 3/3" in await page.inner_text(".progress-block")
-    await train(emitter, job_id, range(0), total=3, started=False, complete=True)
+    job_dir = settings.artifacts_dir / job_id
+    job_dir.mkdir(parents=True)
+    (job_dir / "model.onnx").write_bytes(b"onnx bytes")
+    (job_dir / "best.pt").write_bytes(b"checkpoint bytes")
+    await emitter.emit(
+        JobCompleted(
+            job_id=job_id, epochs_run=3, checkpoint_path="best.pt", onnx_model_path="model.onnx"
+        )
+    )
     await page.wait_for_selector('.badge[data-status="completed"]')
     await page.wait_for_selector('.connection[data-state="closed"]')
     assert "100.0 %" in await page.inner_text(".progress-block")
+    onnx = await page.get_attribute("a[data-artifact=onnx]", "href")
+    assert onnx == f"{JOBS}/{job_id}/artifacts/onnx"
+    assert (await http.get(onnx)).content == b"onnx bytes"
+    assert await page.locator("a[data-artifact=checkpoint]").count() == 1
     # A reload draws the same curves from the REST endpoints alone.
     await page.reload()
     await chart_points(page, "loss", 3)
