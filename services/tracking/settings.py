@@ -1,0 +1,68 @@
+"""The tracking switches, read from the environment once at start-up and passed in."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.settings import Settings
+
+OFF = {"0", "false", "no", "off"}
+
+DEFAULT_MLFLOW_TIMEOUT_S = 10.0
+
+
+def tensorboard_installed() -> bool:
+    """Whether the `tensorboard` extra is installed (checked without importing it)."""
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def mlflow_installed() -> bool:
+    """Whether the `mlflow` extra (mlflow or mlflow-skinny) is installed."""
+    return importlib.util.find_spec("mlflow") is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingSettings:
+    """Which trackers a worker feeds."""
+
+    tensorboard: bool = True
+    """Write TensorBoard event files (when the package is installed); `HEIMDALL_TENSORBOARD=0`
+    turns it off."""
+
+    mlflow_uri: str | None = field(default=None, repr=False)
+    """MLflow tracking URI (`HEIMDALL_MLFLOW_TRACKING_URI`); None: no MLflow. Hidden from repr
+    because such URIs may carry credentials."""
+
+    mlflow_timeout_s: float = DEFAULT_MLFLOW_TIMEOUT_S
+    """Longest wait for one MLflow call before MLflow counts as unavailable for the job
+    (`HEIMDALL_MLFLOW_TIMEOUT_S`). Uploading the model gets ten times as long."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TrackingSettings:
+        env = os.environ if env is None else env
+        switch = env.get("HEIMDALL_TENSORBOARD", "").strip().lower()
+        timeout = env.get("HEIMDALL_MLFLOW_TIMEOUT_S", "").strip()
+        return cls(
+            tensorboard=switch not in OFF,
+            mlflow_uri=env.get("HEIMDALL_MLFLOW_TRACKING_URI", "").strip() or None,
+            mlflow_timeout_s=float(timeout) if timeout else DEFAULT_MLFLOW_TIMEOUT_S,
+        )
+
+
+def tensorboard_root(settings: Settings) -> Path:
+    """The folder `heimdall tensorboard` serves: one sub-folder per job."""
+    return settings.data_dir / "tensorboard"
+
+
+def tensorboard_dir(settings: Settings, job_id: str) -> Path:
+    """One job's TensorBoard event files."""
+    return tensorboard_root(settings) / job_id
+
+
+def state_path(settings: Settings, job_id: str) -> Path:
+    """Where the tracker remembers how far it got, so a retried job resumes without duplicates."""
+    return settings.data_dir / "tracking" / f"{job_id}.json"
