@@ -288,26 +288,10 @@ async def _completed(http: httpx.AsyncClient, job_id: str) -> bool:
 
 
 async def test_token_is_asked_for_kept_and_sent(
-    page: Page, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    page: Page, settings: Settings, tmp_path: Path
 ) -> None:
     """With HEIMDALL_API_TOKEN set, a 401 brings up the token dialog; the token is then kept
     and sent as a bearer header (REST) and as ?token= (WebSocket, downloads)."""
-    from services.api import app as app_module
-    from services.api import auth
-
-    def guard_with_public_routes(expected: str) -> Any:
-        # The dashboard's routes carry opt={"public": True}: the page holds no data and must
-        # load before it can ask for the token. Until auth.token_guard honours that option
-        # itself, this test adds it the way the guard is meant to.
-        inner = auth.token_guard(expected)
-
-        def guard(connection: Any, handler: Any) -> None:
-            if not handler.opt.get("public"):
-                inner(connection, handler)
-
-        return guard
-
-    monkeypatch.setattr(app_module, "token_guard", guard_with_public_routes)
     secured = replace(settings, api_token="s3cret-token")
     async with serve_api(secured) as base:
         async with httpx.AsyncClient(

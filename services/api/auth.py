@@ -26,8 +26,10 @@ def token_guard(expected: str) -> Guard:
     """A guard that admits a connection only with the right token (constant-time compare)."""
     expected_bytes = expected.encode()
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        if connection.url.path in OPEN_PATHS:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        # The dashboard's page and assets are public (they hold no data): the page must load
+        # before it can ask the user for the token.
+        if connection.url.path in OPEN_PATHS or handler.opt.get("public"):
             return
         given = presented_token(connection)
         if given is None or not hmac.compare_digest(given.encode(), expected_bytes):
