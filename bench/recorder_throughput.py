@@ -149,25 +149,7 @@ async def one_run(redis_url: str, admin_url: str, args: argparse.Namespace, inde
         await prefill(client, make_events(jobs, args.events, args.points, args.epoch_every))
         last_id = (await client.xrevrange(keys.EVENTS_STREAM, count=1))[0][0]
 
-        # The recorder's loop, connected and migrated before the clock starts.
-        rs = RecorderSettings(batch_size=args.batch_size, block_ms=50, trim_interval_s=3600)
-        stop = asyncio.Event()
-        store = Store(dsn, rs)
-        await store.connection()
-        stream = EventStream(client, f"bench-{index}", rs)
-        await stream.ensure_group()
-        recorder = Recorder(stream, store, rs, stop)
-        started = time.perf_counter()
-        task = asyncio.create_task(recorder.run())
-        while not await drained(client, last_id):  # noqa: ASYNC110 (polling Redis, not a flag)
-            await asyncio.sleep(0.01)
-        recorder_s = time.perf_counter() - started
-        stop.set()
-        await task
-        await store.close()
-        assert recorder.events == args.events, (recorder.events, args.events)
-
-        # The same rows, raw: COPY into identical empty tables.
+        # The identical rows, built before either clock starts.
         raw = await client.xrange(keys.EVENTS_STREAM)
         entries = [parse_entry(eid, fields) for eid, fields in raw]
         metrics = [row for e in entries for row in metric_rows(e)]
@@ -175,26 +157,59 @@ async def one_run(redis_url: str, admin_url: str, args: argparse.Namespace, inde
             (e.event_id, e.id_ms, e.id_seq, e.job_id, e.type, e.timestamp, e.payload)
             for e in entries
         ]
-        assert len(metrics) == recorder.metrics
-        plain = await asyncpg.connect(dsn)  # no JSON codec: payload goes in as emitted text
-        for table in ("training_metrics", "training_events"):
-            await plain.execute(
-                f"CREATE TABLE bench_{table} (LIKE {table} INCLUDING ALL);"
-                f" ALTER TABLE bench_{table} ADD FOREIGN KEY (training_job_id)"
-                " REFERENCES training_jobs(id) ON DELETE CASCADE"
-            )
-        t0 = time.perf_counter()
-        await plain.copy_records_to_table(
-            "bench_training_metrics", records=metrics, columns=METRIC_COLUMNS
-        )
-        t1 = time.perf_counter()
-        await plain.copy_records_to_table(
-            "bench_training_events", records=events, columns=EVENT_COLUMNS
-        )
-        t2 = time.perf_counter()
-        await plain.close()
+        del raw, entries
+
+        async def recorder_pass() -> float:
+            """The recorder's loop, connected and migrated before the clock starts."""
+            rs = RecorderSettings(batch_size=args.batch_size, block_ms=50, trim_interval_s=3600)
+            stop = asyncio.Event()
+            store = Store(dsn, rs)
+            await store.connection()
+            stream = EventStream(client, f"bench-{index}", rs)
+            await stream.ensure_group()
+            recorder = Recorder(stream, store, rs, stop)
+            started = time.perf_counter()
+            task = asyncio.create_task(recorder.run())
+            while not await drained(client, last_id):  # noqa: ASYNC110 (polls Redis)
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            stop.set()
+            await task
+            await store.close()
+            assert recorder.events == len(events) and recorder.metrics == len(metrics)
+            return elapsed
+
+        async def copy_pass() -> tuple[float, float]:
+            """Raw COPY into identical empty tables; (total, metrics only) seconds."""
+            plain = await asyncpg.connect(dsn)  # no JSON codec: payload goes in as emitted
+            try:
+                for table in ("training_metrics", "training_events"):
+                    await plain.execute(
+                        f"CREATE TABLE bench_{table} (LIKE {table} INCLUDING ALL);"
+                        f" ALTER TABLE bench_{table} ADD FOREIGN KEY (training_job_id)"
+                        " REFERENCES training_jobs(id) ON DELETE CASCADE"
+                    )
+                t0 = time.perf_counter()
+                await plain.copy_records_to_table(
+                    "bench_training_metrics", records=metrics, columns=METRIC_COLUMNS
+                )
+                t1 = time.perf_counter()
+                await plain.copy_records_to_table(
+                    "bench_training_events", records=events, columns=EVENT_COLUMNS
+                )
+                return time.perf_counter() - t0, t1 - t0
+            finally:
+                await plain.close()
+
+        # Alternate which goes first, so that a drift in machine load favours neither.
+        if index % 2:
+            copy_s, copy_metrics_s = await copy_pass()
+            recorder_s = await recorder_pass()
+        else:
+            recorder_s = await recorder_pass()
+            copy_s, copy_metrics_s = await copy_pass()
         await conn.close()
-        return Run(len(events), len(metrics), recorder_s, t2 - t0, t1 - t0)
+        return Run(len(events), len(metrics), recorder_s, copy_s, copy_metrics_s)
     finally:
         await client.delete(keys.EVENTS_STREAM)
         await client.aclose()
@@ -242,7 +257,9 @@ async def bench(redis_url: str, admin_url: str, args: argparse.Namespace) -> Non
     copy_s = med(r.copy_rows_s for r in runs)
     ratio = med(r.recorder_rows_s / r.copy_rows_s for r in runs)
     print()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; PostgreSQL {pg}; {redis_version}")
+    print(f"load average at the end (1, 5, 15 min): {load}")
     print(
         f"workload: {args.events} events over {args.jobs} jobs, {args.points} points per"
         f" BatchProgress, an EpochCompleted every {args.epoch_every}; batch size"
@@ -255,12 +272,12 @@ async def bench(redis_url: str, admin_url: str, args: argparse.Namespace) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--points", type=int, default=16, help="points per BatchProgress")
     parser.add_argument("--epoch-every", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=RecorderSettings().batch_size)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--redis-url")
     parser.add_argument("--database-url", help="an admin DSN: each run creates its database")
     args = parser.parse_args()

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 import structlog
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from shared.events import AnyEvent, BatchProgress, EpochCompleted, decode_event, parse_event_id
 
@@ -184,9 +185,11 @@ def point_ids(event_id: str, count: int) -> list[str]:
 
 def metric_rows(entry: Entry) -> list[MetricRow]:
     """The training_metrics rows of one entry (empty for events that carry no metrics)."""
-    event, job = entry.event, entry.job_id
-    if job is None:
+    event = entry.event
+    if entry.job_id is None:
         return []
+    # asyncpg's own UUID type skips a Python-level conversion per row when encoding.
+    job = PgUUID(entry.job_id.bytes)
     match event:
         case BatchProgress(points=points):
             ids = point_ids(entry.event_id, len(points))
