@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import redis.asyncio as aredis
@@ -47,6 +47,8 @@ class LiveItem:
     """The id as a comparable (ms, seq) pair."""
     event: AnyEvent | None
     """None when the payload does not decode (a newer schema, corruption): skipped by readers."""
+    memo: dict[object, str] = field(default_factory=dict, compare=False)
+    """Messages already built for this event, shared by listeners in the same state."""
 
 
 def parse_item(data: bytes | str) -> LiveItem | None:

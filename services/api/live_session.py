@@ -68,8 +68,16 @@ class Feed:
     def finished(self) -> bool:
         return live_state.is_terminal(self.state)
 
-    async def send_status(self) -> None:
-        await self.sender.send(msg.training_status(self.state))
+    async def send_status(self, memo: dict[object, str] | None = None) -> None:
+        """Send the status; `memo` shares the encoded text between listeners of one event."""
+        if memo is None:
+            text = msg.training_status(self.state)
+        else:
+            signature = tuple(self.state.values())
+            text = memo.get(signature) or memo.setdefault(
+                signature, msg.training_status(self.state)
+            )
+        await self.sender.send(text)
         self.last_status_at = time.monotonic()
 
     async def apply(self, item: LiveItem) -> None:
@@ -83,12 +91,15 @@ class Feed:
         self.state = live_state.apply(self.state, event, item.event_id)
         match event:
             case EpochCompleted():
-                await self.sender.send(msg.epoch_completed(event, item.event_id))
+                text = item.memo.get("epoch") or item.memo.setdefault(
+                    "epoch", msg.epoch_completed(event, item.event_id)
+                )
+                await self.sender.send(text)
             case JobWarning():
                 await self.sender.send(msg.warning(event, item.event_id))
                 self.sent_id = item.event_id
                 return
-        await self.send_status()
+        await self.send_status(item.memo)
         self.sent_id = item.event_id
 
     async def heartbeat_wait(self, sub: Subscription, heartbeat_s: float) -> LiveItem | None:
