@@ -37,6 +37,9 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
 
+FILE_STORE_OPT_IN = "MLFLOW_ALLOW_FILE_STORE"
+"""MLflow 3 refuses its file store unless this is set; an explicit `file:` URI is that choice."""
+
 MAX_PARAM_LENGTH = 6000
 """MLflow's limit on one param value."""
 
@@ -64,12 +67,20 @@ def _epoch_metrics(event: EpochCompleted) -> list[tuple[str, float, int, int]]:
     ]
 
 
+def _is_file_store(uri: str) -> bool:
+    scheme, sep, _ = uri.partition(":")
+    # A bare path (no scheme, or a Windows drive letter) is a file store too.
+    return scheme == "file" or not sep or len(scheme) == 1
+
+
 class _Run:
     """The blocking MLflow calls for one run; used from one thread at a time."""
 
     def __init__(self, uri: str) -> None:
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
+        if _is_file_store(uri):
+            os.environ.setdefault(FILE_STORE_OPT_IN, "true")
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)

@@ -1,0 +1,269 @@
+"""Tracking (issue 9): a job's events, followed from its stream into TensorBoard and MLflow.
+
+Each test emits a small but realistic job (3 epochs of 4 batches) through the real emitter and
+real Valkey, runs `track_job` on it, and reads the results back with the trackers' own readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from services.tracking import JobTrackers, TrackingSettings, delete_tracking, track_job
+from services.tracking.settings import tensorboard_dir
+from services.tracking.tensorboard import EPOCH_METRICS
+from shared import keys
+from shared.emit import AsyncEmitter
+from shared.events import (
+    AnyEvent,
+    BatchPoint,
+    BatchProgress,
+    CheckpointSaved,
+    EpochCompleted,
+    JobCompleted,
+    JobQueued,
+    JobStarted,
+    JobWarning,
+    TrackingLinked,
+    decode_event,
+)
+from shared.settings import Settings
+
+tensorboard = pytest.importorskip(
+    "tensorboard",
+    reason="the tensorboard extra is not installed (pip install heimdall[tensorboard])",
+)
+
+pytestmark = [
+    # tensorboard's protobuf modules and mlflow's imports warn on newer Pythons/protobuf.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:google.protobuf.*"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:tensorboard.*"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*"),
+    pytest.mark.filterwarnings("ignore::FutureWarning:mlflow.*"),
+]
+
+EPOCHS = 3
+BATCHES = 4
+CONFIG: dict[str, Any] = {
+    "model_architecture": "convnext_atto",
+    "epochs": EPOCHS,
+    "batch_size": 8,
+    "learning_rate": 0.001,
+    "dataset": "default",
+    "seed": 7,
+    "augment": None,
+}
+
+
+def epoch_event(job_id: str, epoch: int) -> EpochCompleted:
+    return EpochCompleted(
+        job_id=job_id,
+        epoch=epoch,
+        total_epochs=EPOCHS,
+        train_loss=2.0 / epoch,
+        val_loss=2.5 / epoch,
+        train_accuracy=0.2 * epoch,
+        val_accuracy=0.15 * epoch,
+        learning_rate=0.001 / epoch,
+        gradient_norm=1.5 + epoch,
+        epoch_time_s=3.0 + epoch,
+    )
+
+
+def batch_point(epoch: int, batch: int) -> BatchPoint:
+    return BatchPoint(
+        epoch=epoch,
+        batch=batch,
+        loss=3.0 - epoch * 0.5 - batch * 0.01,
+        accuracy=0.1 * epoch,
+        learning_rate=0.001,
+        gradient_norm=None if batch == 1 else 2.0,
+        ts=time.time(),
+    )
+
+
+async def emit_job(settings: Settings, client: aredis.Redis, job_id: str) -> Path:
+    """A whole job's events, as a worker emits them; returns the ONNX file's path."""
+    emitter = AsyncEmitter(client)
+    out_dir = settings.artifacts_dir / job_id
+    out_dir.mkdir(parents=True)
+    onnx = out_dir / "model.onnx"
+    onnx.write_bytes(b"not really onnx, but a model file all the same")
+    await emitter.emit(JobQueued(job_id=job_id, task_id="t", total_epochs=EPOCHS))
+    await emitter.emit(JobStarted(job_id=job_id, total_batches=BATCHES, num_classes=4))
+    for epoch in range(1, EPOCHS + 1):
+        for first in (1, 3):
+            points = [batch_point(epoch, b) for b in (first, first + 1)]
+            await emitter.emit(
+                BatchProgress(
+                    job_id=job_id,
+                    epoch=epoch,
+                    batch=first + 1,
+                    total_batches=BATCHES,
+                    points=points,
+                )
+            )
+        await emitter.emit(epoch_event(job_id, epoch))
+        path = str(out_dir / "best.pt")
+        await emitter.emit(CheckpointSaved(job_id=job_id, epoch=epoch, path=path))
+    await emitter.emit(
+        JobCompleted(job_id=job_id, epochs_run=EPOCHS, onnx_model_path=str(onnx), best_epoch=3)
+    )
+    return onnx
+
+
+async def stream_events(client: aredis.Redis, job_id: str) -> list[AnyEvent]:
+    entries = await client.xrange(keys.job_stream(job_id))
+    return [decode_event(fields[b"data"]) for _, fields in entries]
+
+
+def read_scalars(folder: Path) -> dict[str, list[Any]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: accumulator.Scalars(tag) for tag in accumulator.Tags()["scalars"]}
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def assert_epoch_scalars(scalars: dict[str, list[Any]], job_id: str) -> None:
+    for name in EPOCH_METRICS:
+        points = scalars[name]
+        assert [p.step for p in points] == list(range(1, EPOCHS + 1)), name
+        expected = [getattr(epoch_event(job_id, e), name) for e in range(1, EPOCHS + 1)]
+        assert [p.value for p in points] == pytest.approx(expected, rel=1e-6), name
+
+
+async def test_tensorboard_has_one_point_per_epoch_and_every_batch(
+    settings: Settings, redis_client: aredis.Redis
+) -> None:
+    job_id = "tb-job"
+    # Tracking starts before the job emits, as in the worker: it follows the stream live.
+    await AsyncEmitter(redis_client).emit(JobQueued(job_id=job_id, task_id="t", total_epochs=3))
+    task = asyncio.create_task(track_job(settings, redis_client, job_id, CONFIG, mlflow_uri=None))
+    await emit_job_after_queued(settings, redis_client, job_id)
+    await asyncio.wait_for(task, timeout=30)
+
+    scalars = read_scalars(tensorboard_dir(settings, job_id))
+    assert_epoch_scalars(scalars, job_id)
+    steps = list(range(1, EPOCHS * BATCHES + 1))
+    for name in ("batch/loss", "batch/accuracy", "batch/learning_rate"):
+        assert [p.step for p in scalars[name]] == steps, name
+    # Batch 1 of each epoch had no gradient norm.
+    assert len(scalars["batch/gradient_norm"]) == EPOCHS * (BATCHES - 1)
+    assert scalars["batch/loss"][BATCHES].value == pytest.approx(batch_point(2, 1).loss)
+
+    links = [e for e in await stream_events(redis_client, job_id) if isinstance(e, TrackingLinked)]
+    assert len(links) == 1
+    assert links[0].mlflow_run_id is None
+    assert links[0].tensorboard_dir == str(tensorboard_dir(settings, job_id))
+
+
+async def emit_job_after_queued(settings: Settings, client: aredis.Redis, job_id: str) -> None:
+    await emit_job(settings, client, job_id)
+
+
+async def test_mlflow_file_store_run_has_params_metrics_and_model(
+    settings: Settings, redis_client: aredis.Redis, tmp_path: Path
+) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from mlflow.tracking import MlflowClient
+
+    job_id = "mlflow-job"
+    uri = (tmp_path / "mlruns").as_uri()
+    await emit_job(settings, redis_client, job_id)
+    await asyncio.wait_for(
+        track_job(settings, redis_client, job_id, CONFIG, mlflow_uri=uri, tensorboard=False),
+        timeout=120,
+    )
+
+    events = await stream_events(redis_client, job_id)
+    assert not [e for e in events if isinstance(e, JobWarning)]
+    (link,) = [e for e in events if isinstance(e, TrackingLinked)]
+    assert link.mlflow_run_id and link.tensorboard_dir is None
+    assert not tensorboard_dir(settings, job_id).exists()
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(link.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == job_id
+    experiment = client.get_experiment_by_name("heimdall")
+    assert experiment is not None and run.info.experiment_id == experiment.experiment_id
+    assert run.data.params["model_architecture"] == "convnext_atto"
+    assert run.data.params["epochs"] == str(EPOCHS)
+    assert run.data.params["augment"] == "null"
+    for name in EPOCH_METRICS:
+        history = sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1)), name
+        expected = [getattr(epoch_event(job_id, e), name) for e in range(1, EPOCHS + 1)]
+        assert [m.value for m in history] == pytest.approx(expected), name
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "model")]
+    assert artifacts == ["model/model.onnx"]
+
+
+async def test_unreachable_mlflow_is_one_warning_and_tensorboard_goes_on(
+    settings: Settings, redis_client: aredis.Redis
+) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    job_id = "down-job"
+    await emit_job(settings, redis_client, job_id)
+    started = time.monotonic()
+    await asyncio.wait_for(
+        track_job(
+            settings,
+            redis_client,
+            job_id,
+            CONFIG,
+            mlflow_uri=f"http://127.0.0.1:{closed_port()}",
+            mlflow_timeout_s=5,
+        ),
+        timeout=60,
+    )
+    assert time.monotonic() - started < 30
+
+    events = await stream_events(redis_client, job_id)
+    warnings = [e for e in events if isinstance(e, JobWarning)]
+    assert len(warnings) == 1
+    assert warnings[0].message.startswith("MLflow unavailable: ")
+    assert warnings[0].message.endswith("; the job goes on")
+    (link,) = [e for e in events if isinstance(e, TrackingLinked)]
+    assert link.mlflow_run_id is None and link.tensorboard_dir
+    assert_epoch_scalars(read_scalars(tensorboard_dir(settings, job_id)), job_id)
+
+
+async def test_delete_tracking_removes_the_job_folder(
+    settings: Settings, redis_client: aredis.Redis
+) -> None:
+    await emit_job(settings, redis_client, "gone")
+    await emit_job(settings, redis_client, "kept")
+    trackers = JobTrackers(settings, redis_client, TrackingSettings.from_env({}))
+    trackers.start("gone", CONFIG)
+    trackers.start("kept", CONFIG)
+    await asyncio.wait_for(asyncio.gather(trackers.wait("gone"), trackers.wait("kept")), 30)
+    assert any(tensorboard_dir(settings, "gone").iterdir())
+
+    delete_tracking(settings, "gone")
+    assert not tensorboard_dir(settings, "gone").exists()
+    assert any(tensorboard_dir(settings, "kept").iterdir())
+    await trackers.aclose()
+
+
+def test_tracking_settings_from_env() -> None:
+    assert TrackingSettings.from_env({}) == TrackingSettings()
+    off = TrackingSettings.from_env(
+        {"HEIMDALL_TENSORBOARD": "0", "HEIMDALL_MLFLOW_TRACKING_URI": "http://u:pw@mlflow:5000"}
+    )
+    assert not off.tensorboard and off.mlflow_uri == "http://u:pw@mlflow:5000"
+    assert "pw" not in repr(off)
