@@ -319,6 +319,41 @@ def _parity_sample(run: Run, count: int = 8) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
 
+def run_epoch(
+    run: Run, epoch: int, sink: EventSink, reporter: ProgressReporter | None, stop: StopSignal
+) -> EpochCompleted:
+    """One epoch (1-based) as a job runs it: schedule, training, validation, best/early-stop
+    bookkeeping, EpochCompleted and checkpoints (rank 0)."""
+    config = run.spec.config
+    started = time.perf_counter()
+    lr = run.schedule.apply(run.optimizer, epoch - 1)
+    stats = train_epoch(run, epoch, lr, reporter, stop)
+    val = validate(run, stop)
+    monitored = val[0] if val is not None else stats.loss
+    is_best = run.early.update(epoch, monitored)
+    run.schedule.observe(epoch - 1, monitored)
+    best = run.early.best_loss
+    event = EpochCompleted(
+        job_id=run.spec.job_id,
+        epoch=epoch,
+        total_epochs=config.epochs,
+        train_loss=stats.loss,
+        val_loss=val[0] if val else None,
+        train_accuracy=stats.accuracy,
+        val_accuracy=val[1] if val else None,
+        learning_rate=lr,
+        gradient_norm=stats.gradient_norm,
+        epoch_time_s=time.perf_counter() - started,
+        is_best=is_best,
+        best_epoch=run.early.best_epoch,
+        best_val_loss=best if math.isfinite(best) else None,
+    )
+    if run.info.is_main:
+        sink.emit(event)
+        _save(run, sink, epoch, is_best)
+    return event
+
+
 def train(
     spec: TrainSpec, sink: EventSink, stop: StopSignal, info: DistInfo = SINGLE
 ) -> TrainResult:
@@ -353,32 +388,7 @@ def train(
     stopped_early = False
     epoch = 0
     for epoch in range(1, config.epochs + 1):
-        started = time.perf_counter()
-        lr = run.schedule.apply(run.optimizer, epoch - 1)
-        stats = train_epoch(run, epoch, lr, reporter, stop)
-        val = validate(run, stop)
-        monitored = val[0] if val is not None else stats.loss
-        is_best = run.early.update(epoch, monitored)
-        run.schedule.observe(epoch - 1, monitored)
-        event = EpochCompleted(
-            job_id=spec.job_id,
-            epoch=epoch,
-            total_epochs=config.epochs,
-            train_loss=stats.loss,
-            val_loss=val[0] if val else None,
-            train_accuracy=stats.accuracy,
-            val_accuracy=val[1] if val else None,
-            learning_rate=lr,
-            gradient_norm=stats.gradient_norm,
-            epoch_time_s=time.perf_counter() - started,
-            is_best=is_best,
-            best_epoch=run.early.best_epoch,
-            best_val_loss=run.early.best_loss if math.isfinite(run.early.best_loss) else None,
-        )
-        history.append(event)
-        if info.is_main:
-            sink.emit(event)
-            _save(run, sink, epoch, is_best)
+        history.append(run_epoch(run, epoch, sink, reporter, stop))
         if stop.is_set():
             raise TrainingCancelled("between epochs")
         if run.early.should_stop and epoch < config.epochs:
