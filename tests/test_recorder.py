@@ -360,3 +360,30 @@ async def test_an_entry_the_database_rejects_is_dropped_alone(
     ]
     assert types == ["job_started", "epoch_completed"]
     assert await db.fetchval("SELECT count(*) FROM training_metrics") == 1
+
+
+async def test_an_unreachable_database_delays_but_drops_nothing(
+    settings: Settings, db: asyncpg.Connection, redis_client: aredis.Redis
+) -> None:
+    from structlog.testing import capture_logs
+
+    job = await new_job(db)
+    emitter = AsyncEmitter(redis_client)
+    ids = [await emitter.emit(JobStarted(job_id=job)), await emitter.emit(epoch_done(job, 1, 0.5))]
+    assert settings.database_url
+    wrong = Settings(
+        redis_url=settings.redis_url,
+        database_url=settings.database_url.replace("heimdall_test_", "heimdall_missing_"),
+    )
+    with capture_logs() as logs:
+        async with recorder(wrong):
+
+            async def waiting() -> bool:
+                return any(e["event"] == "database unavailable, retrying" for e in logs)
+
+            await wait_for(waiting, what="the recorder to wait for the database")
+    assert await db.fetchval("SELECT count(*) FROM training_events") == 0
+    async with recorder(settings):
+        await wait_for(lambda: drained(redis_client), what="all entries acked")
+    stored = await db.fetch("SELECT event_id FROM training_events ORDER BY id_ms, id_seq")
+    assert [r[0] for r in stored] == ids

@@ -208,7 +208,14 @@ async def run_recorder(
         raise ValueError("the recorder needs settings.redis_url and settings.database_url")
     rs = recorder_settings or RecorderSettings.from_env()
     consumer = consumer or default_consumer_name()
-    log_ = log.bind(consumer=consumer)
+    with structlog.contextvars.bound_contextvars(consumer=consumer):
+        await _run(settings, rs, consumer, stop)
+
+
+async def _run(
+    settings: Settings, rs: RecorderSettings, consumer: str, stop: asyncio.Event | None
+) -> None:
+    assert settings.redis_url and settings.database_url
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     if stop is None:
@@ -224,7 +231,7 @@ async def run_recorder(
     recorder = Recorder(EventStream(client, consumer, rs), store, rs, stop)
     started = time.monotonic()
     try:
-        log_.info("recorder starting", batch_size=rs.batch_size, claim_idle_ms=rs.claim_idle_ms)
+        log.info("recorder starting", batch_size=rs.batch_size, claim_idle_ms=rs.claim_idle_ms)
 
         async def policies(conn: asyncpg.Connection) -> list[str]:
             return await apply_policies(
@@ -236,14 +243,14 @@ async def run_recorder(
         try:
             await store.run("start-up", policies, stop)
         except asyncpg.PostgresError as exc:  # a policy is an optimisation, not a reason to stop
-            log_.error("metrics policies not applied", error=f"{type(exc).__name__}: {exc}")
+            log.error("metrics policies not applied", error=f"{type(exc).__name__}: {exc}")
         await recorder.run()
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
         await store.close()
         await client.aclose()
-        log_.info(
+        log.info(
             "recorder stopped",
             events=recorder.events,
             metrics=recorder.metrics,

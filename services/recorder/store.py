@@ -57,6 +57,14 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | ConnectionError)
 
 
+class _Permanent(Exception):
+    """Carries an error of the action itself (not of connecting) out of the retry loop."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(slots=True)
 class Prepared:
     """A batch parsed and turned into rows, ready to write."""
@@ -133,17 +141,24 @@ class Store:
     ) -> T | None:
         """Run `action` until it succeeds, waiting out transient failures with backoff.
 
-        Returns None when `stop` is set first. Permanent errors propagate.
+        Returns None when `stop` is set first. Errors raised by `action` that are not transient
+        propagate; failing to connect or migrate never does (nothing may be dropped because
+        the database is unreachable or misconfigured), it is retried and logged.
         """
         delay = self._settings.retry_initial_s
         failures = 0
         while True:
             try:
                 conn = await self.connection()
-                result = await action(conn)
-            except Exception as exc:
-                if not is_transient(exc):
+                try:
+                    result = await action(conn)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise _Permanent(exc) from exc
                     raise
+            except _Permanent as wrapped:
+                raise wrapped.error from None
+            except Exception as exc:
                 failures += 1
                 log_method = log.warning if failures in (1, 10) or failures % 50 == 0 else log.debug
                 log_method(
