@@ -40,14 +40,6 @@ tensorboard = pytest.importorskip(
     reason="the tensorboard extra is not installed (pip install heimdall[tensorboard])",
 )
 
-pytestmark = [
-    # tensorboard's protobuf modules and mlflow's imports warn on newer Pythons/protobuf.
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:google.protobuf.*"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:tensorboard.*"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*"),
-    pytest.mark.filterwarnings("ignore::FutureWarning:mlflow.*"),
-]
-
 EPOCHS = 3
 BATCHES = 4
 CONFIG: dict[str, Any] = {
@@ -150,10 +142,9 @@ async def test_tensorboard_has_one_point_per_epoch_and_every_batch(
     settings: Settings, redis_client: aredis.Redis
 ) -> None:
     job_id = "tb-job"
-    # Tracking starts before the job emits, as in the worker: it follows the stream live.
-    await AsyncEmitter(redis_client).emit(JobQueued(job_id=job_id, task_id="t", total_epochs=3))
+    # Tracking starts before the job emits anything and follows the stream live.
     task = asyncio.create_task(track_job(settings, redis_client, job_id, CONFIG, mlflow_uri=None))
-    await emit_job_after_queued(settings, redis_client, job_id)
+    await emit_job(settings, redis_client, job_id)
     await asyncio.wait_for(task, timeout=30)
 
     scalars = read_scalars(tensorboard_dir(settings, job_id))
@@ -169,10 +160,6 @@ async def test_tensorboard_has_one_point_per_epoch_and_every_batch(
     assert len(links) == 1
     assert links[0].mlflow_run_id is None
     assert links[0].tensorboard_dir == str(tensorboard_dir(settings, job_id))
-
-
-async def emit_job_after_queued(settings: Settings, client: aredis.Redis, job_id: str) -> None:
-    await emit_job(settings, client, job_id)
 
 
 async def test_mlflow_file_store_run_has_params_metrics_and_model(
