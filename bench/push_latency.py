@@ -51,7 +51,7 @@ from services.api.app import create_app
 from shared.settings import Settings
 settings = Settings(redis_url=sys.argv[1], database_url=sys.argv[2], data_dir=sys.argv[3])
 uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[4]), log_level="warning",
-            backlog=4096)
+            backlog=4096, ws_per_message_deflate=sys.argv[5] == "1")
 """
 
 
@@ -91,9 +91,10 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def api_process(settings: Settings) -> AsyncIterator[str]:
+async def api_process(settings: Settings, deflate: bool) -> AsyncIterator[str]:
     port = free_port()
     args = [str(settings.redis_url), str(settings.database_url), str(settings.data_dir), str(port)]
+    args.append("1" if deflate else "0")
     proc = subprocess.Popen([sys.executable, "-c", SERVER, *args], cwd=REPO)  # noqa: ASYNC220
     base = f"http://127.0.0.1:{port}"
     try:
@@ -185,7 +186,8 @@ async def main(args: argparse.Namespace, settings: Settings) -> None:
     await emitter.emit(JobStarted(job_id=job_id, total_batches=args.events))
     print(f"machine: {machine()}; open files limit {raise_open_files()}", flush=True)
     rows = []
-    async with api_process(settings) as base:
+    print(f"permessage-deflate: {'on' if args.deflate else 'off'}", flush=True)
+    async with api_process(settings, args.deflate) as base:
         for level in args.levels:
             samples = sorted(
                 await run_level(base, job_id, emitter, level, args.events, args.interval)
@@ -224,6 +226,12 @@ def cli() -> None:
         type=float,
         default=0.25,
         help="seconds between events (the worker sends progress about 4 times a second)",
+    )
+    parser.add_argument(
+        "--deflate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="permessage-deflate on the server (uvicorn's default, and what browsers ask for)",
     )
     args = parser.parse_args()
     env = Settings.from_env()
