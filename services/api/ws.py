@@ -30,6 +30,7 @@ from services.api.live_session import (
     send_backlog,
     supervise,
 )
+from services.api.observability import ACTIVE_WEBSOCKETS
 from services.api.resources import Resources
 from shared import keys, live_state
 from shared.events import parse_event_id
@@ -76,6 +77,11 @@ async def _job_row(socket: Socket, sender: Sender, job_id: str) -> Any:
 async def training_socket(socket: Socket, job_id: FromPath[str]) -> None:
     """Live status of one job; `?after=EVENT_ID` first sends every event after that id."""
     await socket.accept()
+    with ACTIVE_WEBSOCKETS.track_inprogress():
+        await _serve_training(socket, job_id)
+
+
+async def _serve_training(socket: Socket, job_id: str) -> None:
     sender = Sender(socket)
     res: Resources = socket.app.state.resources
     after = socket.query_params.get("after") or None
@@ -124,6 +130,11 @@ async def training_socket(socket: Socket, job_id: FromPath[str]) -> None:
 async def replay_socket(socket: Socket, job_id: FromPath[str]) -> None:
     """What `heimdall replay JOB_ID` re-emits, in the same messages as a live job."""
     await socket.accept()
+    with ACTIVE_WEBSOCKETS.track_inprogress():
+        await _serve_replay(socket, job_id)
+
+
+async def _serve_replay(socket: Socket, job_id: str) -> None:
     sender = Sender(socket)
     res: Resources = socket.app.state.resources
     try:
