@@ -16,19 +16,21 @@ from services.api.jobs import JobsController
 from services.api.misc import DatasetsController, health, ready
 from services.api.observability import PROMETHEUS, metrics
 from services.api.resources import lifespan
+from services.api.ws import ws_routes
 from shared.settings import Settings
 
 
 def create_app(settings: Settings) -> Litestar:
     """The API for these settings; store URLs must be resolved (see services.cli.embedded)."""
-    handlers: list[Any] = [JobsController, DatasetsController, health, ready, metrics]
-    try:  # the WebSocket endpoint lives in its own module
-        from services.api.ws import ws_routes
-
-        handlers.extend(ws_routes())
-    except ImportError:
-        pass
-    handlers.extend(dashboard_routes())
+    handlers: list[Any] = [
+        JobsController,
+        DatasetsController,
+        health,
+        ready,
+        metrics,
+        *ws_routes(),
+        *dashboard_routes(),
+    ]
     return Litestar(
         route_handlers=handlers,
         lifespan=[lifespan(settings)],
