@@ -7,6 +7,7 @@ real Valkey, runs `track_job` on it, and reads the results back with the tracker
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from pathlib import Path
@@ -16,9 +17,10 @@ import pytest
 import redis.asyncio as aredis
 
 from services.tracking import JobTrackers, TrackingSettings, delete_tracking, track_job
-from services.tracking.settings import tensorboard_dir
+from services.tracking.settings import state_path, tensorboard_dir
 from services.tracking.tensorboard import EPOCH_METRICS
 from shared import keys
+from shared.commands import DeleteJob
 from shared.emit import AsyncEmitter
 from shared.events import (
     AnyEvent,
@@ -32,6 +34,7 @@ from shared.events import (
     JobWarning,
     TrackingLinked,
     decode_event,
+    parse_event_id,
 )
 from shared.settings import Settings
 
@@ -80,16 +83,25 @@ def batch_point(epoch: int, batch: int) -> BatchPoint:
     )
 
 
-async def emit_job(settings: Settings, client: aredis.Redis, job_id: str) -> Path:
-    """A whole job's events, as a worker emits them; returns the ONNX file's path."""
+async def emit_job(
+    settings: Settings,
+    client: aredis.Redis,
+    job_id: str,
+    epochs: range = range(1, EPOCHS + 1),
+    *,
+    finish: bool = True,
+) -> str:
+    """A job's events as a worker emits them (the whole job by default); returns the id of
+    the last event."""
     emitter = AsyncEmitter(client)
     out_dir = settings.artifacts_dir / job_id
-    out_dir.mkdir(parents=True)
-    onnx = out_dir / "model.onnx"
-    onnx.write_bytes(b"not really onnx, but a model file all the same")
-    await emitter.emit(JobQueued(job_id=job_id, task_id="t", total_epochs=EPOCHS))
-    await emitter.emit(JobStarted(job_id=job_id, total_batches=BATCHES, num_classes=4))
-    for epoch in range(1, EPOCHS + 1):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if epochs.start == 1:
+        await emitter.emit(JobQueued(job_id=job_id, task_id="t", total_epochs=EPOCHS))
+    last = await emitter.emit(
+        JobStarted(job_id=job_id, total_batches=BATCHES, num_classes=4, start_epoch=epochs.start)
+    )
+    for epoch in epochs:
         for first in (1, 3):
             points = [batch_point(epoch, b) for b in (first, first + 1)]
             await emitter.emit(
@@ -103,11 +115,15 @@ async def emit_job(settings: Settings, client: aredis.Redis, job_id: str) -> Pat
             )
         await emitter.emit(epoch_event(job_id, epoch))
         path = str(out_dir / "best.pt")
-        await emitter.emit(CheckpointSaved(job_id=job_id, epoch=epoch, path=path))
-    await emitter.emit(
-        JobCompleted(job_id=job_id, epochs_run=EPOCHS, onnx_model_path=str(onnx), best_epoch=3)
-    )
-    return onnx
+        last = await emitter.emit(CheckpointSaved(job_id=job_id, epoch=epoch, path=path))
+    if finish:
+        onnx = out_dir / "model.onnx"
+        onnx.write_bytes(b"not really onnx, but a model file all the same")
+        completed = JobCompleted(
+            job_id=job_id, epochs_run=EPOCHS, onnx_model_path=str(onnx), best_epoch=3
+        )
+        last = await emitter.emit(completed)
+    return last
 
 
 async def stream_events(client: aredis.Redis, job_id: str) -> list[AnyEvent]:
@@ -254,3 +270,71 @@ def test_tracking_settings_from_env() -> None:
     )
     assert not off.tensorboard and off.mlflow_uri == "http://u:pw@mlflow:5000"
     assert "pw" not in repr(off)
+
+
+def caught_up(tracked: str, last: str) -> bool:
+    return parse_event_id(tracked) >= parse_event_id(last)
+
+
+async def test_a_retried_job_resumes_tracking_without_duplicates(
+    settings: Settings, redis_client: aredis.Redis, tmp_path: Path
+) -> None:
+    """The worker died after epoch 2 (its tracker with it); the retry tracks on from there."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from mlflow.tracking import MlflowClient
+
+    job_id = "retried"
+    uri = (tmp_path / "mlruns").as_uri()
+    last = await emit_job(settings, redis_client, job_id, range(1, 3), finish=False)
+    first = asyncio.create_task(
+        track_job(settings, redis_client, job_id, CONFIG, mlflow_uri=uri), name="first"
+    )
+    state = state_path(settings, job_id)
+    deadline = time.monotonic() + 60
+    # The tracker's own TrackingLinked may come after `last`, hence >=.
+    while not (state.exists() and caught_up(json.loads(state.read_text())["last_id"], last)):
+        assert time.monotonic() < deadline, "the first tracker never caught up"
+        assert not first.done()
+        await asyncio.sleep(0.05)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+    await emit_job(settings, redis_client, job_id, range(3, EPOCHS + 1))
+    await asyncio.wait_for(
+        track_job(settings, redis_client, job_id, CONFIG, mlflow_uri=uri), timeout=120
+    )
+
+    events = await stream_events(redis_client, job_id)
+    assert not [e for e in events if isinstance(e, JobWarning)]
+    links = [e for e in events if isinstance(e, TrackingLinked)]
+    assert len(links) == 2 and links[0].mlflow_run_id == links[1].mlflow_run_id
+    assert_epoch_scalars(read_scalars(tensorboard_dir(settings, job_id)), job_id)
+    client = MlflowClient(tracking_uri=uri)
+    run_id = links[0].mlflow_run_id
+    assert run_id is not None
+    assert client.get_run(run_id).info.status == "FINISHED"
+    history = client.get_metric_history(run_id, "val_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    # A third call (the job is finished) returns at once.
+    await asyncio.wait_for(
+        track_job(settings, redis_client, job_id, CONFIG, mlflow_uri=uri), timeout=5
+    )
+
+
+async def test_tracking_stops_when_the_job_is_deleted(
+    settings: Settings, redis_client: aredis.Redis
+) -> None:
+    job_id = "deleted"
+    await emit_job(settings, redis_client, job_id, range(1, 2), finish=False)
+    task = asyncio.create_task(track_job(settings, redis_client, job_id, CONFIG, mlflow_uri=None))
+    deadline = time.monotonic() + 30
+    while not tensorboard_dir(settings, job_id).exists():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    # What the API's DELETE does: flag the job, drop its stream, delete its files.
+    await redis_client.set(keys.cancel_flag(job_id), DeleteJob(job_id=job_id).type_name())
+    await redis_client.delete(keys.job_stream(job_id))
+    delete_tracking(settings, job_id)
+    await asyncio.wait_for(task, timeout=10)
+    assert not tensorboard_dir(settings, job_id).exists()

@@ -20,6 +20,8 @@ from typing import Any
 import msgspec
 import redis.asyncio as aredis
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.tracking.mlflow_sink import MlflowSink
 from services.tracking.settings import (
@@ -51,6 +53,10 @@ READ_COUNT = 500
 
 BLOCK_MS = 1000
 """How long one XREAD waits for new events before the tracker checks the job still exists."""
+
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 5.0
+"""Backoff between reads while Redis is unreachable."""
 
 RELEASE_GRACE_S = 120.0
 """After its job's supervision ends, how long a tracker may still run (upload the model)."""
@@ -177,8 +183,17 @@ class _Tracking:
 async def _follow(tracking: _Tracking) -> None:
     stream = keys.job_stream(tracking.job_id)
     last_id = tracking.state.last_id
+    backoff = RETRY_MIN_S
     while not tracking.state.done:
-        reply = await tracking.client.xread({stream: last_id}, count=READ_COUNT, block=BLOCK_MS)
+        try:
+            reply = await tracking.client.xread({stream: last_id}, count=READ_COUNT, block=BLOCK_MS)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Training goes on without Redis for a while; so does its tracker.
+            log.warning("redis unavailable; tracking retries", error=str(exc), in_s=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_MAX_S)
+            continue
+        backoff = RETRY_MIN_S
         if not reply:
             if await tracking.job_gone():
                 log.info("job stream gone; tracking stops")
