@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from services.worker import trainer as trainer_mod
+from services.worker.checkpoint import load_checkpoint
 from services.worker.data import check_recordings, job_recordings, stratified_split
 from services.worker.errors import (
     AcceleratorUnavailable,
@@ -274,13 +275,13 @@ def test_freeze_backbone_trains_only_the_head(recordings: list[Recording], tmp_p
 def test_early_stop_patience_ends_the_job(
     recordings: list[Recording], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    losses = iter([1.0, 0.8, 0.9, 0.85, 0.95, 0.7, 0.6])
+    losses = iter([1.0, 0.8, 0.9, 0.85, 0.7, 0.6])
     monkeypatch.setattr(trainer_mod, "validate", lambda run, stop: (next(losses), 0.5))
     sink = ListSink()
-    result = train(spec(recordings, tmp_path, epochs=7, early_stop_patience=3), sink, NeverStop())
-    assert result.stopped_early and result.epochs_run == 5
+    result = train(spec(recordings, tmp_path, epochs=6, early_stop_patience=2), sink, NeverStop())
+    assert result.stopped_early and result.epochs_run == 4
     assert result.best_epoch == 2 and result.best_val_loss == 0.8
-    assert [e.is_best for e in of(EpochCompleted, sink.events)] == [True, True] + [False] * 3
+    assert [e.is_best for e in of(EpochCompleted, sink.events)] == [True, True, False, False]
 
 
 def test_progress_carries_every_batch_when_throttled() -> None:
@@ -341,3 +342,8 @@ def test_onnx_export_matches_pytorch(recordings: list[Recording], tmp_path: Path
     )
     assert result.onnx_model_path and Path(result.onnx_model_path).exists()
     assert result.onnx_max_abs_diff is not None and result.onnx_max_abs_diff < 2e-3
+    state = load_checkpoint(Path(result.checkpoint_path or ""))
+    for key in ("model", "optimizer", "scheduler", "early_stopping", "epoch", "features"):
+        assert key in state
+    assert state["classes"] == sorted({r.label for r in recordings})
+    assert state["features"]["n_mels"] == 32 and state["feature_mean"].shape == (32,)

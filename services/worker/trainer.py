@@ -7,7 +7,6 @@ the caller decides whether JobCompleted may still be emitted (see `process.py`).
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -22,16 +21,9 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from services.worker import ddp
-from services.worker.checkpoint import (
-    BEST,
-    LAST,
-    ONNX,
-    cpu_state_dict,
-    load_checkpoint,
-    save_checkpoint,
-)
+from services.worker.artifacts import export_best, save_epoch
+from services.worker.checkpoint import BEST, LAST
 from services.worker.data import (
-    SignalFormat,
     Split,
     WaveformDataset,
     check_recordings,
@@ -45,12 +37,11 @@ from services.worker.features import FeatureExtractor, FeatureParams, LogMel, fi
 from services.worker.features import compute_stats as feature_sums
 from services.worker.hardware import resolve_device, uses_amp
 from services.worker.model import build_model
-from services.worker.onnx_export import export_onnx
 from services.worker.optim import EarlyStopping, LrSchedule, build_optimizer
 from services.worker.progress import EventSink, ProgressReporter, StopSignal
 from shared.config import TrainingConfig
 from shared.datasets import Recording
-from shared.events import CheckpointSaved, EpochCompleted, JobStarted
+from shared.events import EpochCompleted, JobStarted
 
 log = structlog.get_logger(__name__)
 Batches = DataLoader[tuple[torch.Tensor, int]]
@@ -282,43 +273,6 @@ def validate(run: Run, stop: StopSignal) -> tuple[float, float] | None:
     return float(loss_sum) / float(seen), float(correct_sum) / float(seen)
 
 
-def checkpoint_state(run: Run, epoch: int) -> dict[str, Any]:
-    """What best.pt and last.pt hold: enough to resume the job or rebuild its model."""
-    assert run.features is not None
-    return {
-        "format": 1,
-        "epoch": epoch,
-        "model": cpu_state_dict(run.network),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.schedule.state_dict(),
-        "early_stopping": run.early.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "features": run.params.to_dict(),
-        "feature_mean": run.features.norm.mean.detach().flatten().cpu(),
-        "feature_std": run.features.norm.std.detach().flatten().cpu(),
-        "classes": list(run.split.classes),
-        "architecture": run.spec.config.model_architecture,
-        "config": run.spec.config.to_dict(),
-        "seed": run.seed,
-    }
-
-
-def _save(run: Run, sink: EventSink, epoch: int, is_best: bool) -> None:
-    state = checkpoint_state(run, epoch)
-    kinds = [("last", LAST)] + ([("best", BEST)] if is_best else [])
-    for kind, name in kinds:
-        path = save_checkpoint(run.spec.out_dir / name, state)
-        sink.emit(CheckpointSaved(job_id=run.spec.job_id, epoch=epoch, path=str(path), kind=kind))
-
-
-def _parity_sample(run: Run, count: int = 8) -> torch.Tensor:
-    """Real waveforms (validation first) on which ONNX and PyTorch must agree."""
-    recordings = (run.split.val or run.split.train)[:count]
-    fmt = SignalFormat(run.params.sample_rate, run.params.num_samples)
-    dataset = WaveformDataset(recordings, run.split.classes, fmt)
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])
-
-
 def run_epoch(
     run: Run, epoch: int, sink: EventSink, reporter: ProgressReporter | None, stop: StopSignal
 ) -> EpochCompleted:
@@ -350,7 +304,7 @@ def run_epoch(
     )
     if run.info.is_main:
         sink.emit(event)
-        _save(run, sink, epoch, is_best)
+        save_epoch(run, sink, epoch, is_best)
     return event
 
 
@@ -413,14 +367,3 @@ def train(
         result.onnx_model_path, result.onnx_max_abs_diff = export_best(run)
     logger.info("training finished", epochs=epoch, onnx_diff=result.onnx_max_abs_diff)
     return result
-
-
-def export_best(run: Run) -> tuple[str, float]:
-    """Export the best epoch's weights to model.onnx; returns its path and the parity diff."""
-    assert run.features is not None
-    best = load_checkpoint(run.spec.out_dir / BEST)
-    network = copy.deepcopy(run.network).cpu()
-    network.load_state_dict(best["model"])
-    path = run.spec.out_dir / ONNX
-    diff = export_onnx(run.features, network, _parity_sample(run), path)
-    return str(path), diff
