@@ -338,3 +338,9 @@ async def test_tracking_stops_when_the_job_is_deleted(
     delete_tracking(settings, job_id)
     await asyncio.wait_for(task, timeout=10)
     assert not tensorboard_dir(settings, job_id).exists()
+
+
+@pytest.mark.parametrize("job_id", ["", "..", "../x", "a/b"])
+def test_a_job_id_cannot_name_a_folder_outside_its_own(job_id: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a job id"):
+        delete_tracking(Settings(data_dir=tmp_path), job_id)

@@ -58,11 +58,18 @@ def tensorboard_root(settings: Settings) -> Path:
     return settings.data_dir / "tensorboard"
 
 
+def _name(job_id: str) -> str:
+    # Job ids become folder names: one that could climb out of its folder is a bug upstream.
+    if not job_id or job_id in {".", ".."} or "/" in job_id or "\\" in job_id:
+        raise ValueError(f"not a job id: {job_id!r}")
+    return job_id
+
+
 def tensorboard_dir(settings: Settings, job_id: str) -> Path:
     """One job's TensorBoard event files."""
-    return tensorboard_root(settings) / job_id
+    return tensorboard_root(settings) / _name(job_id)
 
 
 def state_path(settings: Settings, job_id: str) -> Path:
     """Where the tracker remembers how far it got, so a retried job resumes without duplicates."""
-    return settings.data_dir / "tracking" / f"{job_id}.json"
+    return settings.data_dir / "tracking" / f"{_name(job_id)}.json"

@@ -222,7 +222,11 @@ async def track_job(
     """Track one job until its final event: TensorBoard when `tensorboard` is on and the package
     is installed, MLflow when `mlflow_uri` is given. Never raises except on cancellation."""
     with structlog.contextvars.bound_contextvars(job_id=job_id):
-        tracking = _Tracking(settings, client, job_id)
+        try:
+            tracking = _Tracking(settings, client, job_id)
+        except ValueError:
+            log.exception("job not tracked")
+            return
         if tracking.state.done:
             log.info("job already tracked to its end")
             return
@@ -237,7 +241,7 @@ async def track_job(
             await _follow(tracking)
             if tracking.state.done and await tracking.deleted():
                 await tracking.close()
-                delete_tracking(settings, job_id)
+                await asyncio.to_thread(delete_tracking, settings, job_id)
         except Exception:
             log.exception("tracking stopped by an error; the job goes on")
         finally:
