@@ -7,6 +7,7 @@ computed later, on the training device (see `features.py`).
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -41,6 +42,12 @@ async def job_recordings(conn: asyncpg.Connection, config: TrainingConfig) -> li
     return await select_recordings(
         conn, config.dataset, min_snr_db=config.min_snr_db, only_approved=config.only_approved
     )
+
+
+def resolve_seed(config: TrainingConfig) -> int:
+    """The job's seed, or a fresh random one. Resolved once per job, by the worker, so every
+    data-parallel rank splits and shuffles alike; logged, so a run can be repeated."""
+    return config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
 
 
 def check_recordings(recordings: Sequence[Recording], config: TrainingConfig) -> None:

@@ -62,6 +62,7 @@ class Payload:
     attempt: int
     progress_interval_s: float
     job_stream_maxlen: int
+    seed: int
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -131,6 +132,7 @@ def _main(rank: int, info: DistInfo, payload: Payload, stop: MpEvent, gate: Any)
         worker=payload.worker,
         attempt=payload.attempt,
         progress_interval_s=payload.progress_interval_s,
+        seed=payload.seed,
     )
     try:
         from services.worker.ddp import process_group

@@ -18,7 +18,7 @@ import redis.asyncio as aredis
 import structlog
 
 from services.worker.checkpoint import BEST
-from services.worker.data import check_recordings, job_recordings
+from services.worker.data import check_recordings, job_recordings, resolve_seed
 from services.worker.errors import WorkerError
 from services.worker.hardware import check_accelerator
 from services.worker.listener import CommandListener, Watch
@@ -103,13 +103,19 @@ class JobRunner:
             attempt=attempt,
             progress_interval_s=self.settings.progress_interval_s,
             job_stream_maxlen=self.settings.job_stream_maxlen,
+            seed=resolve_seed(config),
             log_level=self.settings.log_level,
             log_json=self.settings.log_json,
         )
         run = TrainingRun(payload)
         try:
             run.start()
-            log.info("training process started", devices=config.devices, attempt=attempt)
+            log.info(
+                "training process started",
+                devices=config.devices,
+                attempt=attempt,
+                seed=payload.seed,
+            )
             return await self._supervise(job_id, run, watch)
         finally:
             # Worker shutdown (arq cancels this coroutine) or any error: nothing outlives us.

@@ -8,7 +8,6 @@ the caller decides whether JobCompleted may still be emitted (see `process.py`).
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from services.worker.data import (
     WaveformDataset,
     check_recordings,
     make_loader,
+    resolve_seed,
     signal_format,
     stratified_split,
 )
@@ -59,6 +59,8 @@ class TrainSpec:
     attempt: int = 1
     progress_interval_s: float = 0.25
     export_onnx: bool = True
+    seed: int | None = None
+    """The resolved seed (see `data.resolve_seed`); None resolves it here (single process)."""
 
 
 @dataclass
@@ -107,16 +109,11 @@ class EpochStats:
     batches: int
 
 
-def resolve_seed(config: TrainingConfig) -> int:
-    """The job's seed, or a fresh random one (logged, so a run can still be repeated)."""
-    return config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-
-
 def prepare(spec: TrainSpec, info: DistInfo = SINGLE) -> Run:
     """Device, model, split and loaders; fails fast (device, weights, data) before any epoch."""
     config = spec.config
     device = resolve_device(config, info.rank)
-    seed = resolve_seed(config)
+    seed = spec.seed if spec.seed is not None else resolve_seed(config)
     torch.manual_seed(seed)
     check_recordings(spec.recordings, config)
     split = stratified_split(spec.recordings, config.validation_split, seed)

@@ -347,3 +347,33 @@ def test_onnx_export_matches_pytorch(recordings: list[Recording], tmp_path: Path
         assert key in state
     assert state["classes"] == sorted({r.label for r in recordings})
     assert state["features"]["n_mels"] == 32 and state["feature_mean"].shape == (32,)
+
+
+def test_pretrained_loads_from_a_prepopulated_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remedy the error message gives works: weights in the Hugging Face cache are used
+    (offline, at once) and adapted to one input channel and the job's classes."""
+    import timm
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from services.worker.model import _hf_hub_id
+
+    hub_id = _hf_hub_id("convnext_atto")
+    assert hub_id
+    source = timm.create_model("convnext_atto", pretrained=False)
+    commit = "0" * 40
+    repo = tmp_path / ("models--" + hub_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    save_file(
+        {k: v.contiguous() for k, v in source.state_dict().items()}, snapshot / "model.safetensors"
+    )
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    model = build_model(config(pretrained=True), num_classes=4)
+    stage = "stages.3.blocks.1.mlp.fc1.weight"
+    assert torch.equal(model.state_dict()[stage], source.state_dict()[stage])
+    assert model.stem[0].in_channels == 1  # type: ignore[index]
