@@ -2,9 +2,10 @@
 
 `track_job` reads the job's Redis stream from the beginning (or from where an earlier attempt
 of the same job left off) until a final event, hands each batch of events to TensorBoard (in a
-thread) and MLflow (bounded calls in threads), and announces the job's tracking with one
-`TrackingLinked` event. It never raises for a tracker's failure: a tracker that fails is given
-up for the job with one `JobWarning` event, and training never waits for any of it.
+thread) and MLflow (bounded calls in threads), and announces the job's tracking with a
+`TrackingLinked` event after the job's `JobStarted`. It never raises for a tracker's failure:
+a tracker that fails is given up for the job with one `JobWarning` event, and training never
+waits for any of it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from shared.events import (
     JobCancelled,
     JobCompleted,
     JobFailed,
+    JobStarted,
     JobWarning,
     TrackingLinked,
     decode_event,
@@ -57,6 +59,9 @@ BLOCK_MS = 1000
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 5.0
 """Backoff between reads while Redis is unreachable."""
+
+CLOSE_GRACE_S = 2.0
+"""At worker shutdown, how long trackers may take to catch up before they are cancelled."""
 
 RELEASE_GRACE_S = 120.0
 """After its job's supervision ends, how long a tracker may still run (upload the model)."""
@@ -114,6 +119,7 @@ class _Tracking:
         self.tensorboard: TensorBoardSink | None = None
         self.mlflow: MlflowSink | None = None
         self._mlflow_warned = False
+        self._linked = False
 
     async def warn(self, message: str) -> None:
         log.warning("tracking warning", message=message)
@@ -138,6 +144,9 @@ class _Tracking:
             await self.warn(f"MLflow unavailable: {self.mlflow.failure}; the job goes on")
 
     async def link(self) -> None:
+        """Announce the job's tracking, once per attempt, right after its JobStarted: so the
+        link follows the start in the job's log and only started jobs get one."""
+        self._linked = True
         run_id = self.mlflow.run_id if self.mlflow is not None else None
         folder = str(self.tensorboard.log_dir) if self.tensorboard is not None else None
         if run_id is not None or folder is not None:
@@ -158,6 +167,8 @@ class _Tracking:
             await self.mlflow.write(events)
             await self._check_mlflow()
         await asyncio.to_thread(_save_state, self.state_file, self.state)
+        if not self._linked and any(isinstance(e, JobStarted) for e in events):
+            await self.link()
 
     async def job_gone(self) -> bool:
         """Whether the job was deleted under us (its stream removed) or its stream vanished
@@ -237,7 +248,6 @@ async def track_job(
                 await tracking.open_mlflow(mlflow_uri, mlflow_timeout_s, config)
             if tracking.tensorboard is None and tracking.mlflow is None:
                 return
-            await tracking.link()
             await _follow(tracking)
             if tracking.state.done and await tracking.deleted():
                 await tracking.close()
@@ -295,10 +305,13 @@ class JobTrackers:
         if task is not None:
             await asyncio.wait({task})
 
-    async def aclose(self) -> None:
-        """Cancel every tracker still running and wait for them to close their files."""
+    async def aclose(self, grace_s: float = CLOSE_GRACE_S) -> None:
+        """Give running trackers `grace_s` to catch up with final events already emitted, then
+        cancel the rest and wait for them to close their files."""
         tasks = list(self._tasks.values())
-        for task in tasks:
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        for task in pending:
             task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
