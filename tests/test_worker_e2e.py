@@ -242,3 +242,55 @@ async def test_failures_are_reported_with_their_error(
         assert not any(isinstance(e, JobCompleted) for e in events)
         for word in words:
             assert word in events[-1].error_message, events[-1].error_message
+
+
+async def test_worker_stops_training_on_sigint(
+    settings: Settings, db: asyncpg.Connection, sync_redis: redis.Redis, dataset: str
+) -> None:
+    """`heimdall worker` runs `run_worker(settings)`; Ctrl-C leaves no training process behind."""
+    import os
+    import signal
+    import sys
+
+    import psutil
+
+    job_id = await submit(settings, db, small_config(epochs=200))
+    env = {
+        **os.environ,
+        "HEIMDALL_REDIS_URL": settings.redis_url or "",
+        "HEIMDALL_DATABASE_URL": settings.database_url or "",
+        "HEIMDALL_DATA_DIR": str(settings.data_dir),
+    }
+    code = (
+        "import asyncio; from shared.settings import Settings;"
+        " from services.worker.app import run_worker;"
+        " asyncio.run(run_worker(Settings.from_env()))"
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=env)
+    try:
+        await wait_for(
+            lambda: any(isinstance(e, BatchProgress) for e in events_of(sync_redis, job_id)),
+            90,
+            "training to start",
+        )
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert family, "the training process should be a descendant of the worker"
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    _, alive = psutil.wait_procs(family, timeout=5)
+
+    def running(p: psutil.Process) -> bool:
+        # An exited child whose parent is gone may linger as a zombie until init reaps it.
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    assert not [p for p in alive if running(p)], alive
+    events = events_of(sync_redis, job_id)
+    assert not any(isinstance(e, JobCompleted | JobFailed | JobCancelled) for e in events)

@@ -100,5 +100,12 @@ async def run_worker(settings: Settings, *, burst: bool = False, max_jobs: int =
     worker = create_worker(settings, burst=burst, max_jobs=max_jobs)
     try:
         await worker.async_run()
+    except asyncio.CancelledError:
+        # arq's signal handler cancels its own main task, which surfaces here; a cancellation
+        # aimed at this coroutine itself still propagates.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        log.info("worker stopping on signal")
     finally:
         await worker.close()
