@@ -37,7 +37,11 @@ def export_onnx(
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            # The TorchScript exporter is the one that works without onnxscript (not a
+            # dependency); it announces its deprecation and declines to fold strided slices.
+            warnings.filterwarnings("ignore", "You are using the legacy TorchScript", Warning)
+            warnings.filterwarnings("ignore", "The feature will be removed", Warning)
+            warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
             torch.onnx.export(
                 exported,
                 (sample,),
