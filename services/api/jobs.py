@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 from services.api import store, views
 from services.api.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.api.resources import Resources
+from services.tracking import delete_tracking
 from shared import keys
 from shared.commands import CancelJob, DeleteJob, SubmitJob, send_command
 from shared.config import ConfigError, TrainingConfig
@@ -135,6 +137,7 @@ class JobsController(Controller):
         await store.delete_job(res.db, job_id)
         await res.redis.delete(keys.job_stream(job_id))
         _remove_artifacts(res.settings.artifacts_dir, job_id)
+        await asyncio.to_thread(delete_tracking, res.settings, job_id)
         log.info("job deleted", job_id=job_id)
 
     @post("/{job_id:str}/cancel", status_code=200, summary="Stop the job, keep its data")

@@ -353,6 +353,20 @@ def jobs_watch(job_id: str, url: ApiUrl = None) -> None:
 
 
 @app.command()
+def tensorboard(
+    port: Annotated[int, typer.Option(help="Port TensorBoard listens on.")] = 6006,
+    host: Annotated[str, typer.Option(help="Interface TensorBoard binds to.")] = "127.0.0.1",
+    data_dir: DataDir = None,
+) -> None:
+    """TensorBoard over every job's event files (needs heimdall-training[tensorboard])."""
+    from services.cli.tensorboard import run_tensorboard
+
+    settings = _settings(data_dir=data_dir)
+    _terminate_on_sigterm()
+    run_tensorboard(settings, port=port, host=host)
+
+
+@app.command()
 def replay(
     job_id: str,
     speed: Annotated[float, typer.Option(min=0.001, max=10_000, help="Speed-up factor.")] = 1.0,
