@@ -34,7 +34,7 @@ import redis.asyncio as aredis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.cli.embedded import embedded_stores
-from services.recorder.app import Recorder
+from services.recorder.app import Recorder, tuned_gc
 from services.recorder.entries import METRIC_COLUMNS, metric_rows, parse_entry
 from services.recorder.settings import RecorderSettings
 from services.recorder.store import Store
@@ -168,13 +168,14 @@ async def one_run(redis_url: str, admin_url: str, args: argparse.Namespace, inde
             stream = EventStream(client, f"bench-{index}", rs)
             await stream.ensure_group()
             recorder = Recorder(stream, store, rs, stop)
-            started = time.perf_counter()
-            task = asyncio.create_task(recorder.run())
-            while not await drained(client, last_id):  # noqa: ASYNC110 (polls Redis)
-                await asyncio.sleep(0.01)
-            elapsed = time.perf_counter() - started
-            stop.set()
-            await task
+            with tuned_gc():  # as run_recorder does
+                started = time.perf_counter()
+                task = asyncio.create_task(recorder.run())
+                while not await drained(client, last_id):  # noqa: ASYNC110 (polls Redis)
+                    await asyncio.sleep(0.01)
+                elapsed = time.perf_counter() - started
+                stop.set()
+                await task
             await store.close()
             assert recorder.events == len(events) and recorder.metrics == len(metrics)
             return elapsed

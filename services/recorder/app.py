@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import os
 import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import asyncpg
@@ -45,17 +46,44 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def prepare(raw: list[RawEntry]) -> tuple[list[bytes], Prepared]:
-    """Parse entries and build their rows; returns every id to ack and the batch to write."""
+GC_THRESHOLD = (50_000, 20, 100)
+"""Garbage-collector thresholds while recording. A batch allocates tens of thousands of
+short-lived row tuples; with the default (700, 10, 10) collections took a third of the
+recorder's CPU time."""
+
+
+@contextlib.contextmanager
+def tuned_gc() -> Iterator[None]:
+    """Run with `GC_THRESHOLD`, restoring the previous thresholds afterwards."""
+    previous = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLD)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+
+
+PREPARE_SLICE = 25
+"""Entries parsed between two yields to the event loop while a batch is prepared."""
+
+
+async def prepare(raw: list[RawEntry]) -> tuple[list[bytes], Prepared]:
+    """Parse entries and build their rows; returns every id to ack and the batch to write.
+
+    Runs beside the write of the previous batch, so it yields to the event loop every few
+    entries: the database must never wait for the next chunk of a COPY while this parses.
+    """
     ids: list[bytes] = []
-    entries = []
-    for entry_id, fields in raw:
+    batch = Prepared([])
+    for n, (entry_id, fields) in enumerate(raw, 1):
         ids.append(entry_id)
         try:
-            entries.append(parse_entry(entry_id, fields))
+            batch.add(parse_entry(entry_id, fields))
         except ValueError as exc:  # not a stream id: cannot happen with a real stream
             log.error("unparseable stream entry", entry_id=str(entry_id), error=str(exc))
-    return ids, Prepared.of(entries)
+        if n % PREPARE_SLICE == 0:
+            await asyncio.sleep(0)
+    return ids, batch
 
 
 class Recorder:
@@ -95,7 +123,7 @@ class Recorder:
 
     async def handle(self, raw: list[RawEntry]) -> bool:
         """Write and ack one batch; False when stopped before it was persisted (not acked)."""
-        ids, batch = prepare(raw)
+        ids, batch = await prepare(raw)
         return await self.commit(ids, batch)
 
     def _read_ahead(self) -> None:
@@ -104,8 +132,9 @@ class Recorder:
             self._ahead = asyncio.create_task(self._read(1))
 
     async def commit(self, ids: list[bytes], batch: Prepared, *, ahead: bool = False) -> bool:
-        copying = self._read_ahead if ahead else None
-        result = await self.store.write_batch(batch, self.stop, copying)
+        if ahead:
+            self._read_ahead()
+        result = await self.store.write_batch(batch, self.stop)
         if result is None:
             return False
         await self._redis("xack", lambda: self.stream.ack(ids))
@@ -153,7 +182,7 @@ class Recorder:
         raw = await self._redis("xreadgroup", lambda: self.stream.read(block_ms))
         if not raw:
             return None
-        return prepare(raw)
+        return await prepare(raw)
 
     async def run(self) -> None:
         """Consume until `stop` is set; the batch in hand is finished first."""
@@ -208,7 +237,7 @@ async def run_recorder(
         raise ValueError("the recorder needs settings.redis_url and settings.database_url")
     rs = recorder_settings or RecorderSettings.from_env()
     consumer = consumer or default_consumer_name()
-    with structlog.contextvars.bound_contextvars(consumer=consumer):
+    with structlog.contextvars.bound_contextvars(consumer=consumer), tuned_gc():
         await _run(settings, rs, consumer, stop)
 
 

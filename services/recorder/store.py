@@ -75,20 +75,22 @@ class Prepared:
 
     @classmethod
     def of(cls, entries: list[Entry]) -> Prepared:
-        rows: dict[str, list[MetricRow]] = {}
-        kept: list[Entry] = []
-        seen: set[str] = set()
+        batch = cls([])
         for entry in entries:
-            if not entry.storable or entry.event_id in seen:
-                continue
-            seen.add(entry.event_id)
-            try:
-                rows[entry.event_id] = metric_rows(entry)
-            except (OverflowError, ValueError) as exc:
-                log.warning("metric rows skipped", event_id=entry.event_id, error=str(exc))
-                rows[entry.event_id] = []
-            kept.append(entry)
-        return cls(kept, rows)
+            batch.add(entry)
+        return batch
+
+    def add(self, entry: Entry) -> None:
+        """Add one entry and its rows (entries that cannot be stored, and repeats, are left
+        out; they are acked all the same)."""
+        if not entry.storable or entry.event_id in self.rows:
+            return
+        try:
+            self.rows[entry.event_id] = metric_rows(entry)
+        except (OverflowError, ValueError) as exc:
+            log.warning("metric rows skipped", event_id=entry.event_id, error=str(exc))
+            self.rows[entry.event_id] = []
+        self.entries.append(entry)
 
 
 @dataclass(slots=True)
@@ -181,15 +183,8 @@ class Store:
                 log.info("database back", what=what, failures=failures)
             return result
 
-    async def write(
-        self,
-        conn: asyncpg.Connection,
-        batch: Prepared,
-        copying: Callable[[], object] | None = None,
-    ) -> WriteResult:
-        """Write one batch in one transaction; `copying` is called when the COPY of its metric
-        rows starts (the longest wait on the database, a good time to prepare the next batch).
-        """
+    async def write(self, conn: asyncpg.Connection, batch: Prepared) -> WriteResult:
+        """Write one batch in one transaction."""
         result = WriteResult()
         entries = batch.entries
         if not entries:
@@ -211,8 +206,6 @@ class Store:
             new = [e for e in entries if e.event_id in new_ids]
             rows = [row for e in new for row in batch.rows.get(e.event_id, ())]
             if rows:
-                if copying is not None:
-                    copying()
                 await conn.copy_records_to_table(
                     "training_metrics", records=rows, columns=METRIC_COLUMNS
                 )
@@ -222,12 +215,7 @@ class Store:
         result.events, result.metrics, result.jobs = len(new), len(rows), len(deltas)
         return result
 
-    async def write_batch(
-        self,
-        batch: Prepared,
-        stop: asyncio.Event,
-        copying: Callable[[], object] | None = None,
-    ) -> WriteResult | None:
+    async def write_batch(self, batch: Prepared, stop: asyncio.Event) -> WriteResult | None:
         """Write a batch, waiting out outages; None when stopped before it was written.
 
         A batch the database rejects for its content is written entry by entry, and an entry
@@ -236,7 +224,7 @@ class Store:
         """
 
         async def whole(conn: asyncpg.Connection) -> WriteResult:
-            return await self.write(conn, batch, copying)
+            return await self.write(conn, batch)
 
         try:
             return await self.retrying("write batch", whole, stop)
