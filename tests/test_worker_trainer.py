@@ -349,6 +349,17 @@ def test_onnx_export_matches_pytorch(recordings: list[Recording], tmp_path: Path
     assert state["features"]["n_mels"] == 32 and state["feature_mean"].shape == (32,)
 
 
+def test_short_spectrograms_are_padded_to_what_convnext_needs(
+    recordings: list[Recording], tmp_path: Path
+) -> None:
+    """0.25 s at the seed's defaults (n_fft 2048, hop 512) is 4 frames; ConvNeXt needs 32."""
+    sink = ListSink()
+    short = spec(recordings, tmp_path, epochs=1, n_fft=2048, hop_length=512, n_mels=16)
+    result = train(replace(short, export_onnx=True), sink, NeverStop())
+    assert len(of(EpochCompleted, sink.events)) == 1
+    assert result.onnx_max_abs_diff is not None and result.onnx_max_abs_diff < 2e-3
+
+
 def test_pretrained_loads_from_a_prepopulated_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

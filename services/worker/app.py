@@ -15,6 +15,7 @@ import structlog
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
+from services.tracking import JobTrackers, TrackingSettings
 from services.worker.listener import CommandListener
 from services.worker.process import warm_up
 from services.worker.runner import JobRunner, train_job
@@ -46,12 +47,16 @@ async def startup(ctx: dict[str, Any]) -> None:
     listener = CommandListener(client)
     await listener.start()
     ctx["listener"] = listener
-    ctx["runner"] = JobRunner(settings, ctx["db_pool"], client, listener)
+    ctx["trackers"] = JobTrackers(settings, client, TrackingSettings.from_env())
+    ctx["runner"] = JobRunner(settings, ctx["db_pool"], client, listener, ctx["trackers"])
     await asyncio.to_thread(warm_up)
     log.info("worker ready", queue=keys.ARQ_QUEUE, worker=ctx["runner"].name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    trackers: JobTrackers | None = ctx.pop("trackers", None)
+    if trackers is not None:
+        await trackers.aclose()
     listener: CommandListener | None = ctx.pop("listener", None)
     if listener is not None:
         await listener.close()

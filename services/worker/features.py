@@ -23,6 +23,10 @@ from services.worker.progress import StopSignal
 LOG_FLOOR = 1e-6
 """Added before the log so silent (zero-padded) frames stay finite."""
 
+MIN_SIDE = 32
+"""ConvNeXt downsamples by 32 (stem 4, then 2 three times): a smaller spectrogram (short
+recordings at a large hop, or few mel bins) would not reach the head."""
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureParams:
@@ -60,18 +64,24 @@ class LogMel(nn.Module):
 
 
 class Normalize(nn.Module):
-    """Per-mel-bin standardisation with statistics from the training split."""
+    """Per-mel-bin standardisation with statistics from the training split, then padding with
+    the mean (zeros after standardising) up to MIN_SIDE in each dimension."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, frames: int) -> None:
         super().__init__()
         self.register_buffer("mean", mean.detach().reshape(1, 1, -1, 1).float().clone())
         self.register_buffer("std", std.detach().reshape(1, 1, -1, 1).float().clone())
+        # Fixed by the feature parameters, so the export traces a constant padding.
+        self.pad = (0, max(0, MIN_SIDE - frames), 0, max(0, MIN_SIDE - mean.numel()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        if any(self.pad):
+            x = nn.functional.pad(x, self.pad)
+        return x
 
 
 class FeatureExtractor(nn.Module):
@@ -81,7 +91,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.params = params
         self.logmel = LogMel(params)
-        self.norm = Normalize(mean, std)
+        self.norm = Normalize(mean, std, params.frames)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.norm(self.logmel(wave))

@@ -17,6 +17,7 @@ import asyncpg
 import redis.asyncio as aredis
 import structlog
 
+from services.tracking import JobTrackers, delete_tracking
 from services.worker.checkpoint import BEST
 from services.worker.data import check_recordings, job_recordings, resolve_seed
 from services.worker.errors import WorkerError
@@ -50,12 +51,14 @@ class JobRunner:
         pool: asyncpg.Pool,
         client: aredis.Redis,
         listener: CommandListener,
+        trackers: JobTrackers | None = None,
     ) -> None:
         self.settings = settings
         self._pool = pool
         self._client = client
         self._listener = listener
         self._emitter = AsyncEmitter(client, settings.job_stream_maxlen)
+        self._trackers = trackers
         self.name = worker_name()
 
     async def _emit(self, event: Event) -> None:
@@ -70,6 +73,8 @@ class JobRunner:
                 return await self._run(job_id, attempt, watch)
             finally:
                 self._listener.unwatch(job_id)
+                if self._trackers is not None:
+                    self._trackers.release(job_id)
 
     async def _run(self, job_id: str, attempt: int, watch: Watch) -> str:
         async with self._pool.acquire() as conn:
@@ -108,6 +113,8 @@ class JobRunner:
             log_json=self.settings.log_json,
         )
         run = TrainingRun(payload)
+        if self._trackers is not None:
+            self._trackers.start(job_id, config.to_dict())
         try:
             run.start()
             log.info(
@@ -186,6 +193,7 @@ class JobRunner:
     def _remove_artifacts(self, job_id: str) -> None:
         path = self.settings.artifacts_dir / job_id
         shutil.rmtree(path, ignore_errors=True)
+        delete_tracking(self.settings, job_id)
         log.info("artifacts removed", path=str(path))
 
 
