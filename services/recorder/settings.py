@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 class RecorderSettings:
     """How the recorder reads the events stream and writes the database."""
 
-    batch_size: int = 500
+    batch_size: int = 1000
     """Stream entries read per XREADGROUP and written per transaction."""
 
     block_ms: int = 1000
