@@ -29,6 +29,7 @@ from shared.events import (
     JobFailed,
     JobQueued,
     JobStarted,
+    TrackingLinked,
 )
 from shared.jobs import insert_job
 from shared.settings import Settings
@@ -137,13 +138,14 @@ async def test_projection_of_a_whole_job(
         await emitter.emit(epoch_done(job, 2, 0.5, ts=ts + 4))
         await emitter.emit(epoch_done(job, 3, 0.7, ts=ts + 5))
         await emitter.emit(CheckpointSaved(job_id=job, epoch=3, path="/c/last.pt", ts=ts + 6))
+        await emitter.emit(TrackingLinked(job_id=job, mlflow_run_id="run-1", ts=ts + 6.5))
         await wait_for(lambda: drained(redis_client), what="epochs")
         row = await db.fetchrow("SELECT * FROM training_jobs WHERE id = $1", uuid.UUID(job))
         assert row["current_epoch"] == 3
         assert row["progress_percent"] == pytest.approx(75.0)
         assert (row["best_epoch"], row["best_val_loss"]) == (2, 0.5)
         assert row["val_loss"] == 0.7 and row["train_loss"] == pytest.approx(1 / 3)
-        assert row["checkpoint_path"] == "/c/last.pt"
+        assert row["checkpoint_path"] == "/c/last.pt" and row["mlflow_run_id"] == "run-1"
 
         last = await emitter.emit(
             JobCompleted(job_id=job, epochs_run=3, best_epoch=2, best_val_loss=0.5,
@@ -161,7 +163,7 @@ async def test_projection_of_a_whole_job(
     )
     assert [e["type"] for e in events] == [
         "job_queued", "job_started", "batch_progress", "epoch_completed", "epoch_completed",
-        "epoch_completed", "checkpoint_saved", "job_completed",
+        "epoch_completed", "checkpoint_saved", "tracking_linked", "job_completed",
     ]  # fmt: skip
     assert events[-1]["event_id"] == last
     assert events[0]["payload"]["task_id"] == "t"
@@ -266,7 +268,7 @@ async def test_unknown_jobs_and_bad_entries_are_acked_and_skipped(
         await redis_client.xadd(stream, {"job": job, "data": json.dumps(["no", "type"])})
         await redis_client.xadd(stream, {"job": "not-a-uuid", "data": b"{}"})
         await redis_client.xadd(stream, {"something": "else"})
-        future = {"type": "job_paused", "job_id": job, "ts": 1.7e9, "v": 2, "why": "later"}
+        future = {"type": "job_from_the_future", "job_id": job, "ts": 1.7e9, "v": 2, "why": "later"}
         future_id = await redis_client.xadd(stream, {"job": job, "data": json.dumps(future)})
         # A known type with a missing field: undecodable, but still a typed JSON object.
         broken = {"type": "epoch_completed", "job_id": job, "epoch": 1}
@@ -277,7 +279,9 @@ async def test_unknown_jobs_and_bad_entries_are_acked_and_skipped(
     rows = await db.fetch(
         "SELECT event_id, type, payload FROM training_events ORDER BY id_ms, id_seq"
     )
-    assert [r["type"] for r in rows] == ["job_paused", "epoch_completed", "job_started"]
+    assert [r["type"] for r in rows] == [
+        "job_from_the_future", "epoch_completed", "job_started",
+    ]  # fmt: skip
     assert rows[0]["event_id"] == future_id.decode() and rows[0]["payload"] == future
     assert await db.fetchval("SELECT count(*) FROM training_metrics") == 0
     row = await db.fetchrow("SELECT * FROM training_jobs WHERE id = $1", uuid.UUID(job))
@@ -387,3 +391,39 @@ async def test_an_unreachable_database_delays_but_drops_nothing(
         await wait_for(lambda: drained(redis_client), what="all entries acked")
     stored = await db.fetch("SELECT event_id FROM training_events ORDER BY id_ms, id_seq")
     assert [r[0] for r in stored] == ids
+
+
+async def test_equal_rank_statuses_follow_event_order(
+    settings: Settings, db: asyncpg.Connection, redis_client: aredis.Redis
+) -> None:
+    """Running and paused have the same rank: only a newer event may switch between them."""
+    from services.recorder.entries import parse_entry
+    from services.recorder.store import Prepared, Store
+
+    job = await new_job(db)
+    emitter = AsyncEmitter(redis_client)
+    older = await emitter.emit(BatchProgress(job_id=job, epoch=1, batch=1, total_batches=4))
+    # A pause recorded by a newer event (as a peer's batch would have written it).
+    paused_at = await emitter.emit(JobStarted(job_id=job))
+    await db.execute(
+        "UPDATE training_jobs SET status = 'paused', last_event_id = $2 WHERE id = $1",
+        uuid.UUID(job),
+        paused_at,
+    )
+    newer = await emitter.emit(BatchProgress(job_id=job, epoch=1, batch=2, total_batches=4))
+    entries = {
+        eid.decode(): parse_entry(eid, fields)
+        for eid, fields in await redis_client.xrange(keys.EVENTS_STREAM)
+    }
+    assert settings.database_url
+    store = Store(settings.database_url, FAST)
+    try:
+        conn = await store.connection()
+        await store.write(conn, Prepared.of([entries[older]]))
+        status = await db.fetchval("SELECT status FROM training_jobs WHERE id = $1", uuid.UUID(job))
+        assert status == "paused"
+        await store.write(conn, Prepared.of([entries[newer]]))
+    finally:
+        await store.close()
+    row = await db.fetchrow("SELECT * FROM training_jobs WHERE id = $1", uuid.UUID(job))
+    assert row["status"] == "running" and row["current_batch"] == 2

@@ -23,6 +23,7 @@ from shared.events import (
     JobCompleted,
     JobFailed,
     JobStarted,
+    TrackingLinked,
     status_of,
 )
 from shared.status import TERMINAL, JobStatus, can_transition, sql_rank_case
@@ -50,6 +51,7 @@ LATEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("dataset_size", "int4"),
     ("train_samples", "int4"),
     ("val_samples", "int4"),
+    ("mlflow_run_id", "text"),
 )
 """Columns that take the value of the newest event that sets them."""
 
@@ -76,6 +78,9 @@ class JobDelta:
     """(epoch, val_loss) of the batch's lowest validation loss, for events that name no best."""
     last_event_id: str | None = None
     last_number: int = -1
+    status_number: int | None = None
+    """Id number of the event that set `status`: between statuses of equal rank (running and
+    paused) the newer event wins."""
 
     @property
     def terminal(self) -> bool:
@@ -87,15 +92,15 @@ class JobDelta:
         event = entry.event
         if event is None or self.terminal:
             return
+        number = id_number(entry.id_ms, entry.id_seq)
         new = status_of(event)
         if new is not None:
             if self.status is None or can_transition(self.status, new):
-                self.status = new
+                self.status, self.status_number = new, number
             if new == JobStatus.RUNNING and self.started_at is None:
                 self.started_at = entry.timestamp
             if JobStatus(new) in TERMINAL:
                 self.completed_at = entry.timestamp
-        number = id_number(entry.id_ms, entry.id_seq)
         self.last_event_id, self.last_number = entry.event_id, number
 
         def put(column: str, value: Any) -> None:
@@ -148,6 +153,8 @@ class JobDelta:
                 self.progress = (-1.0, number)
             case JobFailed():
                 put("error_message", event.error_message)
+            case TrackingLinked():
+                put("mlflow_run_id", event.mlflow_run_id)
 
     def params(self) -> tuple[Any, ...]:
         """Arguments of `UPDATE_SQL`, in order."""
@@ -159,6 +166,7 @@ class JobDelta:
         best_epoch, best_loss = self.best_min or (None, None)
         values += [progress, progress_number, best_epoch, best_loss]
         values += [self.last_event_id, self.last_number if self.last_event_id else None]
+        values.append(self.status_number)
         return tuple(values)
 
 
@@ -183,9 +191,12 @@ def _update_sql() -> str:
         " + split_part(j.last_event_id, '-', 2)::numeric END)"
     )
     terminal = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
+    new_rank, old_rank = sql_rank_case("$2::text"), sql_rank_case("j.status")
+    status_number = f"${5 + 2 * len(LATEST_COLUMNS) + 6}::numeric"
     sets = [
-        f"status = CASE WHEN $2::text IS NOT NULL AND {sql_rank_case('$2::text')}"
-        f" >= {sql_rank_case('j.status')} THEN $2::text ELSE j.status END",
+        f"status = CASE WHEN $2::text IS NOT NULL AND ({new_rank} > {old_rank}"
+        f" OR ({new_rank} = {old_rank} AND {status_number} > {last}))"
+        " THEN $2::text ELSE j.status END",
         "started_at = LEAST(j.started_at, $3::timestamp)",  # LEAST skips NULLs
         f"completed_at = CASE WHEN $2::text IN ({terminal}) THEN $4::timestamp"
         " ELSE j.completed_at END",
