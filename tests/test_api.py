@@ -307,6 +307,15 @@ async def test_metrics_downsamples_batch_series(
     assert len(small) == 50
     assert small[0]["train_loss"] == pytest.approx(49.5)  # mean of the first 100 points
     assert small[-1]["epoch"] == 50 and small[-1]["batch"] == 100
+    columns = (
+        await client.get(
+            f"{JOBS}/{job['id']}/metrics",
+            params={"phase": "train", "points": 50, "format": "columns"},
+        )
+    ).json()["metrics"]
+    assert columns["train_loss"] == [m["train_loss"] for m in small]
+    assert columns["batch"] == [m["batch"] for m in small]
+    assert columns["timestamp"] == [m["timestamp"] for m in small]
     bad = await client.get(f"{JOBS}/{job['id']}/metrics", params={"phase": "nope"})
     assert bad.status_code == 400
 

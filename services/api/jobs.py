@@ -164,10 +164,14 @@ class JobsController(Controller):
         limit: Annotated[int | None, QueryParameter(ge=1, le=1_000_000)] = None,
         phase: Annotated[str, QueryParameter(pattern="^(epoch|train|val|test)$")] = "epoch",
         points: Annotated[int | None, QueryParameter(ge=2, le=100_000)] = None,
+        format: Annotated[str, QueryParameter(pattern="^(rows|columns)$")] = "rows",
     ) -> Response[bytes]:
+        """`metrics` is a list of rows, or with `format=columns` one array per field."""
         res = _res(state)
         await _job_or_404(res, job_id)
-        body = await store.metrics_json(res.db, job_id, phase, limit, points)
+        body = await store.metrics_json(
+            res.db, job_id, phase, limit, points, columns=format == "columns"
+        )
         head = f'{{"job_id":"{job_id}","phase":"{phase}","metrics":'.encode()
         return Response(head + body + b"}", media_type="application/json")
 
