@@ -106,6 +106,34 @@ class JobCancelled(Event, tag="job_cancelled"):
     reason: str = "cancelled by user"
 
 
+class JobPaused(Event, tag="job_paused"):
+    """Training stopped at a batch boundary with a full checkpoint; a resume continues from it."""
+
+    checkpoint_path: str | None = None
+    """The pause checkpoint; None when the job was paused before it ever started."""
+    epoch: int = 0
+    """The epoch the job resumes in (1-based; 0 before it started)."""
+    batch: int = 0
+    """Training batches of `epoch` already done (0: the epoch starts afresh)."""
+
+
+class JobResumed(Event, tag="job_resumed"):
+    """A paused job was queued again under a new queue task id."""
+
+    task_id: str = ""
+
+
+class JobRequeued(Event, tag="job_requeued"):
+    """The job left its worker unfinished (the worker shut down, or was lost and its lease
+    expired) and waits in the queue under `task_id` to resume from its latest checkpoint.
+    The job's status does not change."""
+
+    reason: str = ""
+    task_id: str = ""
+    recoveries: int = 0
+    """How many times a lost worker's job has been recovered so far (0 for a shutdown)."""
+
+
 class JobWarning(Event, tag="job_warning"):
     message: str
 
@@ -126,6 +154,9 @@ AnyEvent = (
     | JobCompleted
     | JobFailed
     | JobCancelled
+    | JobPaused
+    | JobResumed
+    | JobRequeued
     | JobWarning
     | TrackingLinked
 )
@@ -148,8 +179,10 @@ def status_of(event: Event) -> str | None:
     match event:
         case JobQueued():
             return "queued"
-        case JobStarted() | BatchProgress() | EpochCompleted():
+        case JobStarted() | BatchProgress() | EpochCompleted() | JobResumed():
             return "running"
+        case JobPaused():
+            return "paused"
         case JobCompleted():
             return "completed"
         case JobFailed():

@@ -33,6 +33,26 @@ def cancel_flag(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:cancel"
 
 
+def pause_flag(job_id: str) -> str:
+    """Set on pause, cleared on resume: a worker that picks the job up meanwhile pauses it."""
+    return f"{PREFIX}:job:{job_id}:pause"
+
+
+def lease(job_id: str) -> str:
+    """Held (SET NX with a short TTL, refreshed every second) by the one worker training the
+    job; when it expires the worker is presumed lost."""
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+def recoveries(job_id: str) -> str:
+    """How often the job was recovered from a lost worker."""
+    return f"{PREFIX}:job:{job_id}:recoveries"
+
+
+ACTIVE_JOBS = f"{PREFIX}:active-jobs"
+"""Jobs a worker has leased and not yet left cleanly; the reapers watch their leases."""
+
+
 def replay_channel(job_id: str) -> str:
     """Where `heimdall replay` re-emits a recorded job's events for a frontend to watch."""
     return f"{PREFIX}:replay:{job_id}:live"

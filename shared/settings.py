@@ -43,6 +43,16 @@ class Settings:
     cancel_grace_s: float = 1.0
     """After a cancel, how long a training process may take to stop before it is killed."""
 
+    lease_ttl_s: float = 10.0
+    """A training worker refreshes its job's lease every second; a lease silent this long
+    means the worker is lost, and a reaper re-queues the job from its latest checkpoint."""
+
+    max_recoveries: int = 3
+    """How often a job is recovered from lost workers before it fails."""
+
+    shutdown_grace_s: float = 20.0
+    """On SIGTERM, how long a training process may take to checkpoint before it is killed."""
+
     cors_origins: tuple[str, ...] = ()
     """Browser origins allowed to call the API cross-site (none: same-origin only)."""
 
@@ -96,6 +106,9 @@ class Settings:
             heartbeat_s=float(get("HEARTBEAT_S") or base.heartbeat_s),
             progress_interval_s=float(get("PROGRESS_INTERVAL_S") or base.progress_interval_s),
             cancel_grace_s=float(get("CANCEL_GRACE_S") or base.cancel_grace_s),
+            lease_ttl_s=float(get("LEASE_TTL_S") or base.lease_ttl_s),
+            max_recoveries=int(get("MAX_RECOVERIES") or base.max_recoveries),
+            shutdown_grace_s=float(get("SHUTDOWN_GRACE_S") or base.shutdown_grace_s),
             cors_origins=tuple(
                 o.strip() for o in (get("CORS_ORIGINS") or "").split(",") if o.strip()
             ),

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import msgspec
 import structlog
+from arq.constants import in_progress_key_prefix as IN_PROGRESS_PREFIX
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -22,15 +23,23 @@ from services.api.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.api.resources import Resources
 from services.tracking import delete_tracking
 from shared import keys
-from shared.commands import CancelJob, DeleteJob, SubmitJob, send_command
+from shared.commands import CancelJob, DeleteJob, PauseJob, ResumeJob, SubmitJob, send_command
 from shared.config import ConfigError, TrainingConfig
-from shared.events import JobCancelled, JobQueued
+from shared.events import JobCancelled, JobPaused, JobQueued, JobResumed
 from shared.jobs import fetch_job, insert_job
 from shared.status import ACTIVE, TERMINAL, JobStatus
 
 log = structlog.get_logger(__name__)
 
 JobName = Annotated[str, Meta(min_length=1, max_length=255)]
+
+FLAG_TTL_S = 30 * 24 * 3600
+
+UNQUEUE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+"""Take a task off the arq queue unless a worker has started it (arq's in-progress key)."""
 
 
 class CreateJob(msgspec.Struct, forbid_unknown_fields=True):
@@ -155,6 +164,46 @@ class JobsController(Controller):
         now = await store.mark_status(res.db, job_id, JobStatus.CANCELLED)
         log.info("job cancelled", job_id=job_id)
         return {"job": views.job_detail(now if now is not None else row)}
+
+    @post("/{job_id:str}/pause", status_code=200, summary="Pause at the next batch boundary")
+    async def pause(self, job_id: FromPath[str], state: State) -> dict[str, Any]:
+        res = _res(state)
+        row = await _job_or_404(res, job_id)
+        if row["status"] not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            raise Conflict(
+                f"job {job_id} is {row['status']}; only a queued or running job can be paused"
+            )
+        # The flag makes any worker that picks the job up later pause it at once; the command
+        # reaches the worker training it, which checkpoints and emits JobPaused.
+        await res.redis.set(keys.pause_flag(job_id), "1", ex=FLAG_TTL_S)
+        await send_command(res.redis, PauseJob(job_id=job_id))
+        task_id = row["celery_task_id"]
+        unqueue = res.redis.register_script(UNQUEUE)
+        waiting = await unqueue(
+            keys=[keys.ARQ_QUEUE, f"{IN_PROGRESS_PREFIX}{task_id}"], args=[task_id]
+        )
+        if waiting:
+            # No worker has it: nothing to checkpoint, it is paused now.
+            await res.emitter.emit(JobPaused(job_id=job_id))
+            row = await store.mark_status(res.db, job_id, JobStatus.PAUSED) or row
+        log.info("job pause requested", job_id=job_id, waiting=bool(waiting))
+        return {"job": views.job_detail(row)}
+
+    @post("/{job_id:str}/resume", status_code=200, summary="Queue a paused job again")
+    async def resume(self, job_id: FromPath[str], state: State) -> dict[str, Any]:
+        res = _res(state)
+        row = await _job_or_404(res, job_id)
+        if row["status"] != JobStatus.PAUSED:
+            raise Conflict(f"job {job_id} is {row['status']}; only a paused job can be resumed")
+        # A new queue task: arq keeps the paused task's id until its result expires.
+        task_id = str(uuid.uuid4())
+        await res.redis.delete(keys.pause_flag(job_id))
+        await send_command(res.redis, ResumeJob(job_id=job_id))
+        await res.emitter.emit(JobResumed(job_id=job_id, task_id=task_id))
+        row = await store.resumed(res.db, job_id, task_id) or row
+        await res.redis.enqueue_job("train_job", job_id, _job_id=task_id)
+        log.info("job resumed", job_id=job_id, task_id=task_id)
+        return {"job": views.job_detail(row)}
 
     @get("/{job_id:str}/metrics", summary="Metrics for charts")
     async def metrics(

@@ -56,6 +56,19 @@ async def mark_status(
         return await conn.fetchrow("SELECT * FROM training_jobs WHERE id = $1", uuid.UUID(job_id))
 
 
+async def resumed(pool: asyncpg.Pool, job_id: str, task_id: str) -> asyncpg.Record | None:
+    """A paused job queued again: `running` (it keeps its place among active jobs) under its
+    new queue task id (`celery_task_id` always names the job's current queue task)."""
+    async with pool.acquire() as conn:
+        return await conn.fetchrow(
+            "UPDATE training_jobs SET status = 'running', celery_task_id = $2, updated_at = $3"
+            " WHERE id = $1 AND status = 'paused' RETURNING *",
+            uuid.UUID(job_id),
+            task_id,
+            utcnow(),
+        )
+
+
 async def delete_job(pool: asyncpg.Pool, job_id: str) -> None:
     """Rows of the job: metrics and events go with it (ON DELETE CASCADE)."""
     async with pool.acquire() as conn:

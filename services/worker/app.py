@@ -16,6 +16,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from services.tracking import JobTrackers, TrackingSettings
+from services.worker.lease import Reaper
 from services.worker.listener import CommandListener
 from services.worker.process import warm_up
 from services.worker.runner import JobRunner, train_job
@@ -28,8 +29,10 @@ log = structlog.get_logger(__name__)
 JOB_TIMEOUT_S = 30 * 24 * 3600
 """Training can take days; arq must not time a job out (cancellation is ours)."""
 
-MAX_TRIES = 2
-"""A job whose worker died mid-training (not one that failed) is started once more."""
+MAX_TRIES = 1000
+"""arq runs a job again after a worker shutdown cancelled it (it resumes from its checkpoint);
+every deploy counts as a try, so the limit is not ours to reach. Lost workers are recovered by
+the reapers instead, up to `Settings.max_recoveries` times (see lease.py)."""
 
 
 def _settings_from(ctx: dict[str, Any]) -> Settings:
@@ -49,11 +52,20 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["listener"] = listener
     ctx["trackers"] = JobTrackers(settings, client, TrackingSettings.from_env())
     ctx["runner"] = JobRunner(settings, ctx["db_pool"], client, listener, ctx["trackers"])
+    reaper = Reaper(settings, ctx["db_pool"], client, ctx["redis"])
+    ctx["reaper"] = asyncio.create_task(reaper.run_forever(), name="heimdall-reaper")
     await asyncio.to_thread(warm_up)
     log.info("worker ready", queue=keys.ARQ_QUEUE, worker=ctx["runner"].name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    reaper: asyncio.Task[None] | None = ctx.pop("reaper", None)
+    if reaper is not None:
+        reaper.cancel()
+        try:
+            await reaper
+        except asyncio.CancelledError:
+            pass
     trackers: JobTrackers | None = ctx.pop("trackers", None)
     if trackers is not None:
         await trackers.aclose()

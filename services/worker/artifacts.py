@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,17 +19,24 @@ from services.worker.checkpoint import (
 from services.worker.data import SignalFormat, WaveformDataset
 from services.worker.onnx_export import export_onnx
 from services.worker.progress import EventSink
+from services.worker.resume import RESUME, Partial, loader_states, position_state
 from shared.events import CheckpointSaved
 
 if TYPE_CHECKING:
     from services.worker.trainer import Run
 
 
-def checkpoint_state(run: Run, epoch: int) -> dict[str, Any]:
-    """What best.pt and last.pt hold: enough to resume the job or rebuild its model."""
+def checkpoint_state(
+    run: Run, epoch: int, *, batch: int = 0, partial: Partial | None = None
+) -> dict[str, Any]:
+    """What best.pt, last.pt and resume.pt hold: enough to resume the job exactly or rebuild
+    its model. `epoch` is the last completed epoch; `batch` > 0 means the next epoch is under
+    way (a pause, with `partial` its sums), with the loaders' generators as that epoch began."""
     assert run.features is not None
+    loaders = run.epoch_loaders if partial is not None else loader_states(run)
     return {
-        "format": 1,
+        **position_state(epoch + 1, batch, loaders, partial),
+        "format": 2,
         "epoch": epoch,
         "model": cpu_state_dict(run.network),
         "optimizer": run.optimizer.state_dict(),
@@ -52,6 +60,15 @@ def save_epoch(run: Run, sink: EventSink, epoch: int, is_best: bool) -> None:
     for kind, name in kinds:
         path = save_checkpoint(run.spec.out_dir / name, state)
         sink.emit(CheckpointSaved(job_id=run.spec.job_id, epoch=epoch, path=str(path), kind=kind))
+
+
+def save_hold(run: Run, sink: EventSink, epoch: int, partial: Partial) -> Path:
+    """resume.pt at a batch boundary of `epoch` (1-based) after `partial.batches` batches."""
+    state = checkpoint_state(run, epoch - 1, batch=partial.batches, partial=partial)
+    path = save_checkpoint(run.spec.out_dir / RESUME, state)
+    saved = CheckpointSaved(job_id=run.spec.job_id, epoch=epoch - 1, path=str(path), kind="pause")
+    sink.emit(saved)
+    return path
 
 
 def parity_sample(run: Run, count: int = 8) -> torch.Tensor:

@@ -11,7 +11,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.commands import AnyCommand, CancelJob, DeleteJob, decode_command
+from shared.commands import AnyCommand, CancelJob, DeleteJob, PauseJob, decode_command
 
 log = structlog.get_logger(__name__)
 
@@ -25,8 +25,11 @@ class Watch:
     job_id: str
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     command: CancelJob | DeleteJob | None = None
+    pause_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
     def deliver(self, command: AnyCommand) -> None:
+        if isinstance(command, PauseJob):
+            self.pause_requested.set()
         if isinstance(command, CancelJob | DeleteJob) and self.command is None:
             self.command = command
             self.stop_requested.set()

@@ -47,6 +47,10 @@ OPEN, TRAINER, PARENT = 0, 1, 2
 """States of the terminal gate."""
 
 EXIT_CANCELLED = 3
+EXIT_PAUSED = 4
+"""The trainer wrote its pause checkpoint and emitted JobPaused."""
+EXIT_SUSPENDED = 5
+"""The trainer wrote its pause checkpoint because the worker is shutting down."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,35 @@ class Payload:
     seed: int
     log_level: str = "INFO"
     log_json: bool = False
+    emitted: tuple[int, int] = (0, 0)
+    emitted_epochs: int = 0
+    worker_pid: int = 0
+    """The supervising worker; a training process whose worker is gone stops by itself."""
+
+
+class OrphanGuard:
+    """The stop signal, also set once the supervising worker (or the forkserver in between)
+    has died: an orphaned training process must not go on training beside the worker that
+    recovers its job."""
+
+    def __init__(self, stop: MpEvent, worker_pid: int) -> None:
+        self._stop = stop
+        self._pid = worker_pid
+        self._parent = os.getppid()
+
+    def is_set(self) -> bool:
+        if self._stop.is_set():
+            return True
+        if os.getppid() != self._parent:
+            return True
+        if self._pid:
+            try:
+                os.kill(self._pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+        return False
 
 
 def start_context() -> ForkServerContext | SpawnContext:
@@ -105,16 +138,17 @@ def error_text(exc: BaseException) -> str:
     return text[:4000]
 
 
-def _main(rank: int, info: DistInfo, payload: Payload, stop: MpEvent, gate: Any) -> None:
+def _main(rank: int, info: DistInfo, payload: Payload, stop: MpEvent, gate: Any, hold: Any) -> None:
     """Entry point of one training process."""
     import redis
     import structlog
     import torch
 
     from services.worker.progress import NullSink
+    from services.worker.resume import PAUSE, Held
     from services.worker.trainer import TrainSpec, train
     from shared.emit import SyncEmitter
-    from shared.events import JobCompleted, JobFailed
+    from shared.events import JobCompleted, JobFailed, JobPaused
     from shared.logs import configure_logging
 
     configure_logging(payload.log_level, payload.log_json)
@@ -133,13 +167,16 @@ def _main(rank: int, info: DistInfo, payload: Payload, stop: MpEvent, gate: Any)
         attempt=payload.attempt,
         progress_interval_s=payload.progress_interval_s,
         seed=payload.seed,
+        emitted=payload.emitted,
+        emitted_epochs=payload.emitted_epochs,
     )
+    guard = OrphanGuard(stop, payload.worker_pid)
     try:
         from services.worker.ddp import process_group
         from services.worker.hardware import resolve_device
 
         with process_group(info, resolve_device(payload.config, rank)):
-            result = train(spec, emitter if info.is_main else NullSink(), stop, info)
+            result = train(spec, emitter if info.is_main else NullSink(), guard, info, hold)
         if info.is_main and not stop.is_set() and claim(gate, TRAINER):
             emitter.emit(
                 JobCompleted(
@@ -153,11 +190,27 @@ def _main(rank: int, info: DistInfo, payload: Payload, stop: MpEvent, gate: Any)
                     stopped_early=result.stopped_early,
                 )
             )
+    except Held as held:
+        if held.kind != PAUSE:
+            log.info("training suspended", epoch=held.epoch, batch=held.batch)
+            raise SystemExit(EXIT_SUSPENDED) from None
+        if info.is_main:
+            if not claim(gate, TRAINER):
+                raise SystemExit(EXIT_CANCELLED) from None
+            paused = JobPaused(
+                job_id=payload.job_id,
+                checkpoint_path=str(held.path),
+                epoch=held.epoch,
+                batch=held.batch,
+            )
+            emitter.emit(paused)
+        log.info("training paused", epoch=held.epoch, batch=held.batch)
+        raise SystemExit(EXIT_PAUSED) from None
     except TrainingCancelled as exc:
         log.info("training stopped", phase=exc.phase)
         raise SystemExit(EXIT_CANCELLED) from None
     except BaseException as exc:
-        if stop.is_set():
+        if guard.is_set():
             raise SystemExit(EXIT_CANCELLED) from None
         log.exception("training failed")
         if claim(gate, TRAINER):
@@ -175,12 +228,14 @@ class TrainingRun:
         self.payload = payload
         self.stop = self._ctx.Event()
         self.gate: Synchronized[int] = self._ctx.Value("i", OPEN)
+        self.hold: Synchronized[int] = self._ctx.Value("i", 0)
+        """`resume.PAUSE` or `resume.SUSPEND` asks the trainer to checkpoint and stop."""
         world = payload.config.devices
         init = free_init_method() if world > 1 else ""
         self.processes: list[BaseProcess] = [
             self._ctx.Process(
                 target=_main,
-                args=(rank, DistInfo(rank, world, init), payload, self.stop, self.gate),
+                args=(rank, DistInfo(rank, world, init), payload, self.stop, self.gate, self.hold),
                 name=f"heimdall-train-{payload.job_id[:8]}-{rank}",
                 daemon=False,
             )

@@ -57,7 +57,17 @@ def _finite(value: float) -> float | None:
 class ProgressReporter:
     """Collects batch points and emits them at most every `interval_s`, none lost."""
 
-    def __init__(self, sink: EventSink, job_id: str, total_batches: int, interval_s: float) -> None:
+    def __init__(
+        self,
+        sink: EventSink,
+        job_id: str,
+        total_batches: int,
+        interval_s: float,
+        skip_through: tuple[int, int] = (0, 0),
+    ) -> None:
+        """`skip_through`: (epoch, batch) of the last point an earlier attempt emitted; points
+        up to it are not emitted again (a run resumed after a crash repeats a few batches)."""
+        self._skip = skip_through
         self._sink = sink
         self._job_id = job_id
         self._total = total_batches
@@ -76,6 +86,8 @@ class ProgressReporter:
         learning_rate: float,
     ) -> None:
         """Add one batch; `loss`, `accuracy` and `grad_norm` are 0-d tensors on the device."""
+        if (epoch, batch) <= self._skip:
+            return
         self._values.append(torch.stack([loss.float(), accuracy.float(), grad_norm.float()]))
         self._meta.append((epoch, batch, learning_rate, time.time()))
         if time.monotonic() - self._last_emit >= self._interval:

@@ -1,7 +1,10 @@
-"""One job, from the queue to its final event: checks, the training process, cancellation.
+"""One job, from the queue to its final event: checks, the lease, the training process,
+cancellation, pausing, and checkpointing at shutdown.
 
 The worker never writes job rows: it reads the job and its recordings, and reports everything
-as events (the recorder projects them into the database).
+as events (the recorder projects them into the database). A job trains only under its lease
+(see `lease.py`), so two queue entries of one job (a resume, a recovery, arq's own retry) never
+train it at once; each run continues from the job's latest resumable checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from typing import Any
 
 import asyncpg
+import msgspec
 import redis.asyncio as aredis
 import structlog
 
@@ -22,12 +26,24 @@ from services.worker.checkpoint import BEST
 from services.worker.data import check_recordings, job_recordings, resolve_seed
 from services.worker.errors import WorkerError
 from services.worker.hardware import check_accelerator
+from services.worker.lease import Lease
 from services.worker.listener import CommandListener, Watch
-from services.worker.process import Payload, TrainingRun
+from services.worker.process import EXIT_PAUSED, EXIT_SUSPENDED, Payload, TrainingRun
+from services.worker.resume import PAUSE, SUSPEND
 from shared import keys
 from shared.commands import DeleteJob
 from shared.emit import AsyncEmitter
-from shared.events import Event, JobCancelled, JobFailed
+from shared.events import (
+    BatchProgress,
+    EpochCompleted,
+    Event,
+    JobCancelled,
+    JobFailed,
+    JobPaused,
+    JobRequeued,
+    decode_event,
+    status_of,
+)
 from shared.jobs import fetch_job, job_config
 from shared.settings import Settings
 from shared.status import TERMINAL, JobStatus
@@ -38,8 +54,16 @@ FLAG_POLL_S = 0.5
 """How often a running job re-reads its cancel flag, in case a command was missed."""
 
 
+TAIL_SCAN = 2000
+"""How many of a job's newest events are read to find what an earlier attempt emitted."""
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class LeaseLost(Exception):
+    """Another worker holds the job's lease now: this one was presumed lost."""
 
 
 class JobRunner:
@@ -79,16 +103,42 @@ class JobRunner:
     async def _run(self, job_id: str, attempt: int, watch: Watch) -> str:
         async with self._pool.acquire() as conn:
             row = await fetch_job(conn, job_id)
-            if row is None:
-                log.warning("job not found; skipped")
-                return "skipped"
-            if JobStatus(row["status"]) in TERMINAL:
-                log.info("job already finished; skipped", status=row["status"])
-                return "skipped"
-            flag = await self._cancel_flag(job_id)
-            if flag is not None:
-                await self._cancelled(job_id, flag == DeleteJob.__struct_config__.tag, None)
-                return "cancelled"
+        if row is None:
+            log.warning("job not found; skipped")
+            return "skipped"
+        if JobStatus(row["status"]) in TERMINAL:
+            log.info("job already finished; skipped", status=row["status"])
+            return "skipped"
+        flag = await self._cancel_flag(job_id)
+        if flag is not None:
+            await self._cancelled(job_id, flag == DeleteJob.__struct_config__.tag, None)
+            return "cancelled"
+        lease = Lease(self._client, job_id, self.name, self.settings.lease_ttl_s)
+        if not await lease.acquire_within(self.settings.lease_ttl_s + 1.0):
+            log.info("another worker holds the job's lease; skipped")
+            return "skipped: leased elsewhere"
+        lost = asyncio.Event()
+        heartbeat = asyncio.create_task(lease.keep_alive(lost), name=f"lease-{job_id[:8]}")
+        try:
+            return await self._leased(job_id, attempt, watch, lost, row)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await asyncio.shield(lease.release())
+
+    async def _leased(
+        self, job_id: str, attempt: int, watch: Watch, lost: asyncio.Event, row: Any
+    ) -> str:
+        tail = await self._stream_tail(job_id)
+        if tail.finished:
+            # The recorder has not caught up yet; the job's own stream has.
+            log.info("job already finished; skipped")
+            return "skipped"
+        if await self._client.exists(keys.pause_flag(job_id)):
+            log.info("job paused before it started")
+            await self._emit(JobPaused(job_id=job_id))
+            return "paused"
+        async with self._pool.acquire() as conn:
             try:
                 config = job_config(row)
                 check_accelerator(config)
@@ -111,19 +161,33 @@ class JobRunner:
             seed=resolve_seed(config),
             log_level=self.settings.log_level,
             log_json=self.settings.log_json,
+            emitted=tail.point,
+            emitted_epochs=tail.epochs,
+            worker_pid=os.getpid(),
         )
         run = TrainingRun(payload)
         if self._trackers is not None:
             self._trackers.start(job_id, config.to_dict())
         try:
-            run.start()
+            # Off the event loop: starting a process may take a while on a busy machine, and the
+            # lease's heartbeat must go on meanwhile.
+            await asyncio.to_thread(run.start)
             log.info(
                 "training process started",
                 devices=config.devices,
                 attempt=attempt,
                 seed=payload.seed,
             )
-            return await self._supervise(job_id, run, watch)
+            try:
+                return await self._supervise(job_id, run, watch, lost)
+            except asyncio.CancelledError:
+                # The worker is shutting down (arq cancels its jobs, and runs them again later).
+                await asyncio.shield(self._suspend(job_id, run))
+                raise
+            except LeaseLost:
+                log.error("lease lost to another worker; training stopped")
+                await run.stop_within(self.settings.cancel_grace_s)
+                return "lease lost"
         finally:
             # Worker shutdown (arq cancels this coroutine) or any error: nothing outlives us.
             if run.alive:
@@ -140,16 +204,62 @@ class JobRunner:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
 
-    async def _supervise(self, job_id: str, run: TrainingRun, watch: Watch) -> str:
+    async def _stream_tail(self, job_id: str) -> StreamTail:
+        """What earlier attempts of the job emitted, from the newest events of its stream."""
+        tail = StreamTail()
+        entries = await self._client.xrevrange(keys.job_stream(job_id), count=TAIL_SCAN)
+        for _id, fields in entries:
+            try:
+                event = decode_event(fields[b"data"])
+            except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
+                continue  # an event of a newer schema: not ours to judge
+            status = status_of(event)
+            if status is not None and not tail.seen_status:
+                tail.seen_status = True
+                tail.finished = JobStatus(status) in TERMINAL
+            if isinstance(event, BatchProgress) and event.points and tail.point == (0, 0):
+                tail.point = (event.points[-1].epoch, event.points[-1].batch)
+            if isinstance(event, EpochCompleted) and tail.epochs == 0:
+                tail.epochs = event.epoch
+            if tail.point != (0, 0) and tail.epochs:
+                break
+        return tail
+
+    async def _suspend(self, job_id: str, run: TrainingRun) -> None:
+        """Shutdown: have the trainer checkpoint at its next batch boundary, then leave the job
+        to the queue (arq runs a cancelled job again), to resume on another worker."""
+        if not run.alive:
+            return
+        run.hold.value = SUSPEND
+        grace = self.settings.shutdown_grace_s
+        if await run.wait(grace) and run.exitcodes == [EXIT_SUSPENDED] * len(run.exitcodes):
+            reason = "worker shutting down; the job resumes from its pause checkpoint"
+        else:
+            await run.stop_within(0.0)
+            reason = "worker shutting down; the job resumes from its last epoch checkpoint"
+        if run.claim():
+            await self._emit(JobRequeued(job_id=job_id, reason=reason))
+            log.info("job checkpointed and left to the queue", reason=reason)
+
+    async def _supervise(
+        self, job_id: str, run: TrainingRun, watch: Watch, lost: asyncio.Event
+    ) -> str:
         next_flag_check = time.monotonic() + FLAG_POLL_S
         while run.alive and not run.failed():
             if watch.stop_requested.is_set():
                 return await self._cancel(job_id, run, isinstance(watch.command, DeleteJob), watch)
+            if watch.pause_requested.is_set() and run.hold.value == 0:
+                log.info("pause requested")
+                run.hold.value = PAUSE
+            if lost.is_set():
+                raise LeaseLost(job_id)
             if time.monotonic() >= next_flag_check:
                 flag = await self._cancel_flag(job_id)
                 if flag is not None:
                     delete = flag == DeleteJob.__struct_config__.tag
                     return await self._cancel(job_id, run, delete, watch)
+                if await self._client.exists(keys.pause_flag(job_id)):
+                    watch.pause_requested.set()
                 next_flag_check = time.monotonic() + FLAG_POLL_S
             try:
                 await asyncio.wait_for(watch.stop_requested.wait(), timeout=0.05)
@@ -160,6 +270,9 @@ class JobRunner:
             await run.stop_within(self.settings.cancel_grace_s)
         await run.wait()
         codes = run.exitcodes
+        if codes and codes[0] == EXIT_PAUSED:
+            log.info("training paused")
+            return "paused"
         if run.claim():
             # The trainer reported nothing final: it died (killed, out of memory, segfault).
             message = f"training process exited unexpectedly (exit codes {codes})"
@@ -195,6 +308,19 @@ class JobRunner:
         shutil.rmtree(path, ignore_errors=True)
         delete_tracking(self.settings, job_id)
         log.info("artifacts removed", path=str(path))
+
+
+class StreamTail:
+    """The newest state of a job's event stream, as a run starts."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        """The newest status-changing event is terminal (the recorder may not have caught up)."""
+        self.seen_status = False
+        self.point: tuple[int, int] = (0, 0)
+        """(epoch, batch) of the newest batch point emitted."""
+        self.epochs = 0
+        """The newest EpochCompleted's epoch."""
 
 
 async def train_job(ctx: dict[str, Any], job_id: str) -> str:

@@ -19,8 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from services.worker import ddp
-from services.worker.artifacts import export_best, save_epoch
+from services.worker import ddp, resume
+from services.worker.artifacts import export_best, save_epoch, save_hold
 from services.worker.checkpoint import BEST, LAST
 from services.worker.data import (
     Split,
@@ -39,6 +39,7 @@ from services.worker.hardware import resolve_device, uses_amp
 from services.worker.model import build_model
 from services.worker.optim import EarlyStopping, LrSchedule, build_optimizer
 from services.worker.progress import EventSink, ProgressReporter, StopSignal
+from services.worker.resume import NONE, Held, HoldAt, HoldSignal, Partial, ResumePoint
 from shared.config import TrainingConfig
 from shared.datasets import Recording
 from shared.events import EpochCompleted, JobStarted
@@ -61,6 +62,11 @@ class TrainSpec:
     export_onnx: bool = True
     seed: int | None = None
     """The resolved seed (see `data.resolve_seed`); None resolves it here (single process)."""
+    emitted: tuple[int, int] = (0, 0)
+    """(epoch, batch) of the last batch point an earlier attempt emitted: a run resumed after a
+    crash re-trains from its checkpoint but emits none of these again."""
+    emitted_epochs: int = 0
+    """Epochs whose EpochCompleted an earlier attempt emitted."""
 
 
 @dataclass
@@ -99,6 +105,8 @@ class Run:
     scaler: torch.amp.GradScaler
     features: FeatureExtractor | None = None
     trainable: list[nn.Parameter] = field(default_factory=list)
+    epoch_loaders: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The loaders' generator states as the current epoch began (for a mid-epoch pause)."""
 
 
 @dataclass
@@ -195,19 +203,57 @@ def _inputs(run: Run, wave: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if run.amp else x
 
 
+def _hold_kind(run: Run, hold: HoldSignal | None, batch: int) -> int:
+    """The hold to honour before training batch `batch` + 1. Data-parallel ranks must stop at
+    the same batch, so they agree (one collective) at epoch starts only."""
+    if hold is None:
+        return NONE
+    if not run.info.enabled:
+        return hold.value
+    if batch > 0:
+        return NONE
+    flag = torch.tensor([float(hold.value)], device=run.device, dtype=torch.float64)
+    (flag,) = ddp.all_sum(run.info, flag)
+    return NONE if float(flag) == 0 else max(1, round(float(flag) / run.info.world_size))
+
+
 def train_epoch(
-    run: Run, epoch: int, lr: float, reporter: ProgressReporter | None, stop: StopSignal
+    run: Run,
+    epoch: int,
+    lr: float,
+    reporter: ProgressReporter | None,
+    stop: StopSignal,
+    hold: HoldSignal | None = None,
+    partial: Partial | None = None,
 ) -> EpochStats:
-    """One pass over the training split; per-batch values stay on the device (see progress.py)."""
+    """One pass over the training split (or its rest, after `partial`); per-batch values stay
+    on the device (see progress.py). Raises HoldAt at a batch boundary when `hold` is set."""
     run.model.train()
     if isinstance(run.train_loader.sampler, DistributedSampler):
         run.train_loader.sampler.set_epoch(epoch)
-    zero = torch.zeros((), device=run.device, dtype=torch.float64)
-    loss_sum, correct_sum, norm_sum = zero.clone(), zero.clone(), zero.clone()
-    seen = batches = 0
-    for batch, (wave, label) in enumerate(run.train_loader, start=1):
+    if partial is None:
+        run.epoch_loaders = resume.loader_states(run)
+        partial = Partial()
+    else:
+        resume.set_loader_states(run, run.epoch_loaders)
+    loss_sum, correct_sum, norm_sum = partial.tensors(run.device)
+    seen, batches, skip = partial.seen, partial.batches, partial.batches
+    started = time.perf_counter() - partial.elapsed_s
+    batches_iter = iter(run.train_loader)
+    for _ in range(skip):
+        next(batches_iter)
+    for batch, (wave, label) in enumerate(batches_iter, start=skip + 1):
         if stop.is_set():
             raise TrainingCancelled("training")
+        kind = _hold_kind(run, hold, batch - 1)
+        if kind != NONE:
+            if reporter is not None:
+                reporter.flush()
+            done = Partial(
+                float(loss_sum), float(correct_sum), float(norm_sum), seen, batches,
+                time.perf_counter() - started,
+            )  # fmt: skip
+            raise HoldAt(kind, epoch, done)
         x = _inputs(run, wave)
         label = label.to(run.device, non_blocking=True)
         with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
@@ -271,14 +317,20 @@ def validate(run: Run, stop: StopSignal) -> tuple[float, float] | None:
 
 
 def run_epoch(
-    run: Run, epoch: int, sink: EventSink, reporter: ProgressReporter | None, stop: StopSignal
+    run: Run,
+    epoch: int,
+    sink: EventSink,
+    reporter: ProgressReporter | None,
+    stop: StopSignal,
+    hold: HoldSignal | None = None,
+    partial: Partial | None = None,
 ) -> EpochCompleted:
     """One epoch (1-based) as a job runs it: schedule, training, validation, best/early-stop
     bookkeeping, EpochCompleted and checkpoints (rank 0)."""
     config = run.spec.config
-    started = time.perf_counter()
+    started = time.perf_counter() - (partial.elapsed_s if partial else 0.0)
     lr = run.schedule.apply(run.optimizer, epoch - 1)
-    stats = train_epoch(run, epoch, lr, reporter, stop)
+    stats = train_epoch(run, epoch, lr, reporter, stop, hold, partial)
     val = validate(run, stop)
     monitored = val[0] if val is not None else stats.loss
     is_best = run.early.update(epoch, monitored)
@@ -300,17 +352,32 @@ def run_epoch(
         best_val_loss=best if math.isfinite(best) else None,
     )
     if run.info.is_main:
-        sink.emit(event)
+        if epoch > run.spec.emitted_epochs:
+            sink.emit(event)
         save_epoch(run, sink, epoch, is_best)
     return event
 
 
+def _resume_point(spec: TrainSpec) -> ResumePoint | None:
+    point = resume.latest_point(spec.out_dir)
+    if point is not None:
+        spec.seed = point.seed
+    return point
+
+
 def train(
-    spec: TrainSpec, sink: EventSink, stop: StopSignal, info: DistInfo = SINGLE
+    spec: TrainSpec,
+    sink: EventSink,
+    stop: StopSignal,
+    info: DistInfo = SINGLE,
+    hold: HoldSignal | None = None,
 ) -> TrainResult:
-    """Train `spec.config` on `spec.recordings`; raises TrainingCancelled when `stop` is set,
-    WorkerError subclasses for jobs that cannot run. Rank 0 alone emits and writes files."""
+    """Train `spec.config` on `spec.recordings`, continuing from the job's latest resumable
+    checkpoint when there is one; raises TrainingCancelled when `stop` is set, Held once a
+    pause checkpoint is written after `hold` was set, WorkerError subclasses for jobs that
+    cannot run. Rank 0 alone emits and writes files."""
     config = spec.config
+    point = _resume_point(spec)
     run = prepare(spec, info)
     logger = log.bind(job_id=spec.job_id, rank=info.rank, seed=run.seed, device=str(run.device))
     total_batches = len(run.train_loader)
@@ -325,21 +392,40 @@ def train(
                 val_samples=len(run.split.val),
                 num_classes=len(run.split.classes),
                 total_batches=total_batches,
+                start_epoch=point.epoch if point else 1,
                 device=str(run.device) if not info.enabled else f"{run.device} x{info.world_size}",
             )
         )
     logger.info("training started", train=len(run.split.train), val=len(run.split.val))
-    fit_features(run, stop)
+    first, partial = 1, None
+    if point is None:
+        fit_features(run, stop)
+    else:
+        resume.restore(run, point)
+        first, partial = point.epoch, point.partial
+        if partial is not None:
+            run.epoch_loaders = point.state["loaders"]
+        logger.info("resuming", epoch=point.epoch, batch=point.batch, checkpoint=str(point.path))
     reporter = (
-        ProgressReporter(sink, spec.job_id, total_batches, spec.progress_interval_s)
+        ProgressReporter(
+            sink, spec.job_id, total_batches, spec.progress_interval_s, skip_through=spec.emitted
+        )
         if info.is_main
         else None
     )
     history: list[EpochCompleted] = []
-    stopped_early = False
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        history.append(run_epoch(run, epoch, sink, reporter, stop))
+    epoch = first - 1
+    stopped_early = epoch > 0 and run.early.should_stop and epoch < config.epochs
+    if point is not None:
+        resume.restore_random(run, point)
+    for epoch in range(first, config.epochs + 1) if not stopped_early else ():
+        try:
+            history.append(run_epoch(run, epoch, sink, reporter, stop, hold, partial))
+        except HoldAt as held:
+            path = save_hold(run, sink, epoch, held.partial) if info.is_main else spec.out_dir
+            ddp.barrier(info)
+            raise Held(held.kind, path, epoch, held.partial.batches) from None
+        partial = None
         if stop.is_set():
             raise TrainingCancelled("between epochs")
         if run.early.should_stop and epoch < config.epochs:
@@ -362,5 +448,7 @@ def train(
         if stop.is_set():
             raise TrainingCancelled("export")
         result.onnx_model_path, result.onnx_max_abs_diff = export_best(run)
+    if info.is_main:
+        (spec.out_dir / resume.RESUME).unlink(missing_ok=True)
     logger.info("training finished", epochs=epoch, onnx_diff=result.onnx_max_abs_diff)
     return result

@@ -30,6 +30,12 @@ export function jobView(root, { params: [jobId] }) {
     { type: "button", class: "danger-outline", dataset: { action: "cancel" }, onclick: cancel },
     "Cancel",
   );
+  // One button: Pause while the job is queued or running, Resume while it is paused.
+  const pauseButton = h(
+    "button",
+    { type: "button", dataset: { action: "pause" }, onclick: togglePause },
+    "Pause",
+  );
   const deleteButton = h(
     "button",
     { type: "button", class: "danger", dataset: { action: "delete" }, onclick: remove },
@@ -53,6 +59,7 @@ export function jobView(root, { params: [jobId] }) {
         h("div", { class: "spacer" }),
         connection,
         h("a", { class: "button", href: `#/compare?ids=${jobId}` }, "Compare…"),
+        pauseButton,
         cancelButton,
         deleteButton,
       ),
@@ -88,6 +95,7 @@ export function jobView(root, { params: [jobId] }) {
     document.title = `${job.job_name} · Heimdall Training`;
     statusSlot.replaceChildren(badge(job.status));
     cancelButton.disabled = isFinished(job.status);
+    renderPauseButton();
     renderProgress();
     renderDetails();
   }
@@ -244,6 +252,27 @@ export function jobView(root, { params: [jobId] }) {
     } catch (error) {
       actionError.replaceChildren(errorBox(error));
       cancelButton.disabled = isFinished(job?.status);
+    }
+  }
+
+  function renderPauseButton() {
+    const paused = job?.status === "paused";
+    pauseButton.textContent = paused ? "Resume" : "Pause";
+    pauseButton.dataset.action = paused ? "resume" : "pause";
+    pauseButton.disabled = !["queued", "running", "paused"].includes(job?.status);
+  }
+
+  async function togglePause() {
+    const action = pauseButton.dataset.action;
+    actionError.replaceChildren();
+    pauseButton.disabled = true;
+    try {
+      const body = await api(`${url}/${action}`, { method: "POST" });
+      job = { ...job, ...body.job };
+      renderStatus();
+    } catch (error) {
+      actionError.replaceChildren(errorBox(error));
+      renderPauseButton();
     }
   }
 

@@ -1,0 +1,154 @@
+"""Pause and resume in-process: a run held at a batch boundary and resumed from its checkpoint
+gives the same metrics as one that never stopped; a crash-resumed run emits nothing twice."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from services.worker.progress import ListSink, NeverStop
+from services.worker.resume import PAUSE, RESUME, Held, latest_point
+from services.worker.trainer import TrainSpec, train
+from shared.config import TrainingConfig
+from shared.datasets import Recording
+from shared.events import BatchProgress, EpochCompleted, JobStarted
+from shared.synth import synth_dataset
+from shared.wavio import write_wav
+
+BASE: dict[str, Any] = {
+    "model_architecture": "convnext_atto",
+    "pretrained": False,
+    "batch_size": 16,
+    "num_workers": 0,
+    "n_fft": 256,
+    "hop_length": 64,
+    "n_mels": 32,
+    "accelerator": "cpu",
+    "min_snr_db": -100.0,
+    "only_approved": False,
+    "warmup_epochs": 0,
+    "learning_rate": 0.002,
+    "epochs": 3,
+    "seed": 11,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> list[Recording]:
+    root = tmp_path_factory.mktemp("recordings")
+    out = []
+    for rec in synth_dataset(56, seed=5, duration_s=0.25):
+        rid = str(uuid.uuid4())
+        path = root / rec.label / f"{rid}.wav"
+        write_wav(path, rec.samples, rec.sample_rate)
+        out.append(
+            Recording(rid, str(path), rec.label, rec.snr_db, rec.approved, rec.sample_rate, 0.25, 1)
+        )
+    return out
+
+
+def make_spec(recordings: list[Recording], out: Path, **extra: Any) -> TrainSpec:
+    return TrainSpec(
+        job_id="job",
+        config=TrainingConfig(**BASE),
+        recordings=recordings,
+        out_dir=out,
+        progress_interval_s=0.0,
+        export_onnx=False,
+        **extra,
+    )
+
+
+class HoldAfter:
+    """A hold signal that turns on after `reads` reads (one read per training batch)."""
+
+    def __init__(self, reads: int) -> None:
+        self.reads = reads
+
+    @property
+    def value(self) -> int:
+        self.reads -= 1
+        return PAUSE if self.reads < 0 else 0
+
+
+def metrics(events: list[Any]) -> list[tuple[Any, ...]]:
+    return [
+        (e.epoch, e.train_loss, e.val_loss, e.train_accuracy, e.val_accuracy, e.learning_rate)
+        for e in events
+        if isinstance(e, EpochCompleted)
+    ]
+
+
+def points(events: list[Any]) -> list[tuple[Any, ...]]:
+    return [
+        (p.epoch, p.batch, p.loss, p.accuracy, p.gradient_norm)
+        for e in events
+        if isinstance(e, BatchProgress)
+        for p in e.points
+    ]
+
+
+def flat(rows: list[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
+
+
+def test_paused_and_resumed_run_equals_an_uninterrupted_one(
+    recordings: list[Recording], tmp_path: Path
+) -> None:
+    plain = ListSink()
+    train(make_spec(recordings, tmp_path / "plain"), plain, NeverStop())
+    per_epoch = next(e for e in plain.events if isinstance(e, JobStarted)).total_batches
+    assert per_epoch >= 3
+
+    out = tmp_path / "held"
+    first = ListSink()
+    # Two holds: mid-epoch 2, then exactly at the start of epoch 3.
+    with pytest.raises(Held) as held:
+        train(make_spec(recordings, out), first, NeverStop(), hold=HoldAfter(per_epoch + 2))
+    assert (held.value.epoch, held.value.batch) == (2, 2)
+    assert (out / RESUME).is_file()
+    second = ListSink()
+    with pytest.raises(Held) as held:
+        train(make_spec(recordings, out), second, NeverStop(), hold=HoldAfter(per_epoch - 2))
+    assert (held.value.epoch, held.value.batch) == (3, 0)
+    third = ListSink()
+    train(make_spec(recordings, out), third, NeverStop())
+    resumed = first.events + second.events + third.events
+
+    assert flat(metrics(resumed)) == pytest.approx(flat(metrics(plain.events)), rel=1e-6)
+    assert [m[0] for m in metrics(resumed)] == [1, 2, 3]
+    assert flat(points(resumed)) == pytest.approx(flat(points(plain.events)), rel=1e-6)
+    starts = [e.start_epoch for e in resumed if isinstance(e, JobStarted)]
+    assert starts == [1, 2, 3]
+    assert not (out / RESUME).exists()
+
+
+def test_crash_resume_emits_no_point_twice(recordings: list[Recording], tmp_path: Path) -> None:
+    out = tmp_path / "crashed"
+    first = ListSink()
+    with pytest.raises(Held):
+        train(make_spec(recordings, out), first, NeverStop(), hold=HoldAfter(5))
+    # A crash loses resume.pt's newer position: only last.pt (end of epoch 1) survives, while
+    # the lost run had already emitted batches of epoch 2.
+    (out / RESUME).unlink()
+    point = latest_point(out)
+    assert point is not None and (point.epoch, point.batch) == (2, 0)
+    emitted = points(first.events)[-1][:2]
+    second = ListSink()
+    train(make_spec(recordings, out, emitted=emitted, emitted_epochs=1), second, NeverStop())
+    seen = [p[:2] for p in points(first.events + second.events)]
+    assert len(seen) == len(set(seen)) and seen == sorted(seen)
+    assert [m[0] for m in metrics(first.events + second.events)] == [1, 2, 3]
