@@ -51,8 +51,11 @@ from services.api.app import create_app
 from shared.settings import Settings
 settings = Settings(redis_url=sys.argv[1], database_url=sys.argv[2], data_dir=sys.argv[3])
 uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[4]), log_level="warning",
-            backlog=4096, ws_per_message_deflate=sys.argv[5] == "1")
+            backlog=4096, ws_per_message_deflate=sys.argv[5] == "1", ws=sys.argv[6])
 """
+
+
+WS_IMPL = "websockets"
 
 
 class Stamp(msgspec.Struct):
@@ -95,6 +98,7 @@ async def api_process(settings: Settings, deflate: bool) -> AsyncIterator[str]:
     port = free_port()
     args = [str(settings.redis_url), str(settings.database_url), str(settings.data_dir), str(port)]
     args.append("1" if deflate else "0")
+    args.append(WS_IMPL)
     proc = subprocess.Popen([sys.executable, "-c", SERVER, *args], cwd=REPO)  # noqa: ASYNC220
     base = f"http://127.0.0.1:{port}"
     try:
@@ -233,7 +237,14 @@ def cli() -> None:
         default=True,
         help="permessage-deflate on the server (uvicorn's default, and what browsers ask for)",
     )
+    parser.add_argument(
+        "--ws",
+        default="websockets",
+        help="uvicorn WebSocket implementation (websockets, websockets-sansio, wsproto)",
+    )
     args = parser.parse_args()
+    global WS_IMPL
+    WS_IMPL = args.ws
     env = Settings.from_env()
     with tempfile.TemporaryDirectory(prefix="heimdall-bench-") as tmp:
         base = Settings(redis_url=env.redis_url, database_url=env.database_url, data_dir=Path(tmp))
