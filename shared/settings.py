@@ -50,8 +50,9 @@ class Settings:
     max_recoveries: int = 3
     """How often a job is recovered from lost workers before it fails."""
 
-    shutdown_grace_s: float = 20.0
-    """On SIGTERM, how long a training process may take to checkpoint before it is killed."""
+    shutdown_grace_s: float = 8.0
+    """On SIGTERM, how long a training process may take to checkpoint before it is killed
+    (within `heimdall up`'s 10 s stop timeout; a killed one resumes from its last epoch)."""
 
     cors_origins: tuple[str, ...] = ()
     """Browser origins allowed to call the API cross-site (none: same-origin only)."""
