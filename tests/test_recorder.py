@@ -27,7 +27,10 @@ from shared.events import (
     JobCancelled,
     JobCompleted,
     JobFailed,
+    JobPaused,
     JobQueued,
+    JobRequeued,
+    JobResumed,
     JobStarted,
     TrackingLinked,
 )
@@ -427,3 +430,30 @@ async def test_equal_rank_statuses_follow_event_order(
         await store.close()
     row = await db.fetchrow("SELECT * FROM training_jobs WHERE id = $1", uuid.UUID(job))
     assert row["status"] == "running" and row["current_batch"] == 2
+
+
+async def test_pause_resume_and_requeue_are_projected(
+    settings: Settings, db: asyncpg.Connection, redis_client: aredis.Redis
+) -> None:
+    """Paused with its checkpoint, resumed under a new queue task, re-queued by a reaper."""
+    job = await new_job(db)
+    emitter = AsyncEmitter(redis_client)
+    async with recorder(settings):
+        await emitter.emit(JobStarted(job_id=job))
+        await emitter.emit(BatchProgress(job_id=job, epoch=2, batch=3, total_batches=4))
+        await emitter.emit(JobPaused(job_id=job, checkpoint_path="/x/resume.pt", epoch=2, batch=3))
+        await wait_for(lambda: drained(redis_client), what="the pause")
+        row = await db.fetchrow("SELECT * FROM training_jobs WHERE id = $1", uuid.UUID(job))
+        assert row["status"] == "paused" and row["checkpoint_path"] == "/x/resume.pt"
+        assert row["current_epoch"] == 2
+
+        await emitter.emit(JobResumed(job_id=job, task_id="task-2"))
+        await emitter.emit(JobRequeued(job_id=job, reason="shutdown"))  # keeps the task
+        await wait_for(lambda: drained(redis_client), what="the resume")
+        row = await db.fetchrow("SELECT * FROM training_jobs WHERE id = $1", uuid.UUID(job))
+        assert row["status"] == "running" and row["celery_task_id"] == "task-2"
+
+        await emitter.emit(JobRequeued(job_id=job, reason="lease expired", task_id="task-3"))
+        await wait_for(lambda: drained(redis_client), what="the re-queue")
+        row = await db.fetchrow("SELECT * FROM training_jobs WHERE id = $1", uuid.UUID(job))
+        assert row["status"] == "running" and row["celery_task_id"] == "task-3"

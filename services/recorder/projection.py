@@ -22,6 +22,9 @@ from shared.events import (
     EpochCompleted,
     JobCompleted,
     JobFailed,
+    JobPaused,
+    JobRequeued,
+    JobResumed,
     JobStarted,
     TrackingLinked,
     status_of,
@@ -52,6 +55,7 @@ LATEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("train_samples", "int4"),
     ("val_samples", "int4"),
     ("mlflow_run_id", "text"),
+    ("celery_task_id", "text"),
 )
 """Columns that take the value of the newest event that sets them."""
 
@@ -155,6 +159,12 @@ class JobDelta:
                 put("error_message", event.error_message)
             case TrackingLinked():
                 put("mlflow_run_id", event.mlflow_run_id)
+            case JobPaused():
+                # A job paused before it ever started has no checkpoint and no epoch yet.
+                put("checkpoint_path", event.checkpoint_path)
+            case JobResumed() | JobRequeued():
+                # The queue task that now holds the job (a shutdown re-queue keeps its own).
+                put("celery_task_id", event.task_id or None)
 
     def params(self) -> tuple[Any, ...]:
         """Arguments of `UPDATE_SQL`, in order."""
