@@ -57,7 +57,17 @@ async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) 
 
 
 @pytest.fixture
-async def system(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[AsyncTestClient[Any]]:
+def mlflow_uri(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Jobs in these tests are also tracked in a file-based MLflow (and TensorBoard)."""
+    uri = (settings.data_dir.parent / "mlruns").resolve().as_uri()
+    monkeypatch.setenv("HEIMDALL_MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+async def system(
+    settings: Settings, db: asyncpg.Connection, mlflow_uri: str
+) -> AsyncIterator[AsyncTestClient[Any]]:
     await write_synthetic(db, settings.datasets_dir, "sys", 70, seed=2, duration_s=0.25)
     stop = asyncio.Event()
     recorder = asyncio.create_task(run_recorder(settings, stop=stop))
@@ -79,7 +89,7 @@ async def _job(client: AsyncTestClient[Any], job_id: str) -> dict[str, Any]:
 
 
 async def test_job_trains_to_completion_through_the_whole_system(
-    system: AsyncTestClient[Any], settings: Settings
+    system: AsyncTestClient[Any], settings: Settings, mlflow_uri: str
 ) -> None:
     created = (
         await system.post(JOBS, json={"job_name": "e2e", "config": {**SMALL, "epochs": 3}})
@@ -112,6 +122,21 @@ async def test_job_trains_to_completion_through_the_whole_system(
     assert onnx.status_code == 200 and len(onnx.content) > 10_000
     checkpoint = await system.get(f"{JOBS}/{job_id}/artifacts/checkpoint")
     assert checkpoint.status_code == 200
+
+    # Tracked on the side: the MLflow run named in the job row, and TensorBoard files.
+    from mlflow.tracking import MlflowClient
+
+    assert job["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=mlflow_uri)
+
+    async def logged() -> bool:
+        history = client.get_metric_history(job["mlflow_run_id"], "val_loss")
+        return len(history) == 3
+
+    await until(logged, 30, "MLflow to have every epoch")
+    run = client.get_run(job["mlflow_run_id"])
+    assert run.data.params["epochs"] == "3"
+    assert list((settings.data_dir / "tensorboard" / job_id).glob("events.out.tfevents.*"))
 
 
 async def test_cancel_through_the_api_stops_the_worker(
