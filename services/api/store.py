@@ -120,14 +120,27 @@ async def metrics_json(
     if points is not None and phase != "epoch":
         # Bucket means over the series, so a chart of any length costs `points` rows.
         args.append(points)
+        if limit is None:
+            # The whole series: a point's position is arithmetic on (epoch, batch), every
+            # epoch having the same number of batches, so no window over the rows is needed.
+            source = (
+                f"(SELECT m.*, ((m.epoch - 1)::bigint * c.per_epoch + m.batch - 1)"
+                f" * ${len(args)} / c.n AS bucket FROM training_metrics m,"
+                f" (SELECT count(*) AS n, max(batch) AS per_epoch FROM training_metrics"
+                f" WHERE {where}) c WHERE m.training_job_id = $1 AND m.phase = $2)"
+            )
+        else:
+            source = (
+                f"(SELECT s.*, (row_number() OVER () - 1) * ${len(args)} / {count} AS bucket"
+                f" FROM ({series}) s)"
+            )
         series = (
             "SELECT max(epoch) AS epoch, max(batch) AS batch, max(phase) AS phase,"
             " avg(train_loss) AS train_loss, avg(val_loss) AS val_loss,"
             " avg(train_accuracy) AS train_accuracy, avg(val_accuracy) AS val_accuracy,"
             " avg(learning_rate) AS learning_rate, avg(gradient_norm) AS gradient_norm,"
             " max(epoch_time_s) AS epoch_time_s, max(timestamp) AS timestamp"
-            f" FROM (SELECT s.*, (row_number() OVER () - 1) * ${len(args)} / {count} AS bucket"
-            f" FROM ({series}) s) b GROUP BY bucket ORDER BY bucket"
+            f" FROM {source} b GROUP BY bucket ORDER BY bucket"
         )
     ts = 'to_char(timestamp, \'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\')'
     if columns:
