@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -80,11 +81,38 @@ async def seed(database_url: str, points: int) -> str:
         await conn.close()
 
 
-def timed(client: httpx.Client, url: str, params: dict[str, str], n: int) -> tuple[float, int]:
+def _touch(database_url: str, job: str, i: int) -> None:
+    """A new last_event_id, as the recorder sets with every batch: the cache must recompute."""
+
+    async def run() -> None:
+        conn = await connect(database_url)
+        try:
+            await conn.execute(
+                "UPDATE training_jobs SET last_event_id = $2 WHERE id = $1",
+                uuid.UUID(job),
+                f"{i + 1}-0",
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def timed(
+    client: httpx.Client,
+    url: str,
+    params: dict[str, str],
+    n: int,
+    invalidate: Callable[[int], None] | None,
+) -> tuple[float, int]:
+    """Median latency; with `invalidate`, the job's last event id moves before every request
+    (not timed), so the API's response cache cannot answer it."""
     client.get(url, params=params)  # warm-up
     times = []
     size = 0
-    for _ in range(n):
+    for i in range(n):
+        if invalidate is not None:
+            invalidate(i)
         started = time.perf_counter()
         resp = client.get(url, params=params)
         times.append((time.perf_counter() - started) * 1000)
@@ -127,13 +155,22 @@ def main() -> None:
                                 raise
                             time.sleep(0.1)
                     url = f"{base}/api/v1/training/jobs/{job}/metrics"
-                    full, n_full = timed(client, url, {"phase": "train"}, args.requests)
-                    down, n_down = timed(
-                        client, url, {"phase": "train", "points": "1000"}, args.requests
-                    )
-                    cols, n_cols = timed(
-                        client, url, {"phase": "train", "format": "columns"}, args.requests
-                    )
+                    db_url = settings.database_url
+                    results = {
+                        (name, cold): timed(
+                            client,
+                            url,
+                            params,
+                            args.requests,
+                            (lambda i: _touch(db_url, job, i)) if cold else None,
+                        )
+                        for name, params in [
+                            ("rows", {"phase": "train"}),
+                            ("columns", {"phase": "train", "format": "columns"}),
+                            ("1,000 points", {"phase": "train", "points": "1000"}),
+                        ]
+                        for cold in (True, False)
+                    }
             finally:
                 proc.terminate()
                 proc.wait(10)
@@ -148,9 +185,10 @@ def main() -> None:
         platform.processor(),
     )
     print(f"machine: {cpu}, {os.cpu_count()} cores")
-    print(f"full series:  {n_full} points, median {full:.1f} ms over {args.requests} requests")
-    print(f"full series, format=columns: {n_cols} points, median {cols:.1f} ms")
-    print(f"downsampled:  {n_down} points, median {down:.1f} ms over {args.requests} requests")
+    print(f"{args.points}-point batch series, median of {args.requests} requests each")
+    for (name, cold), (ms, size) in results.items():
+        cache = "cold (computed)" if cold else "warm (cached)"
+        print(f"  {name:<13} {cache:<16} {size:>6} points  {ms:7.1f} ms")
 
 
 if __name__ == "__main__":

@@ -277,6 +277,32 @@ async def test_metrics_returns_most_recent_epochs_in_order(
     assert [m["epoch"] for m in recent] == list(range(291, 301))
 
 
+async def test_metrics_follow_new_rows_after_the_cache(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    job = await _create(client, epochs=5)
+    await _epoch_rows(db, job["id"], 3)
+    await db.execute(
+        "UPDATE training_jobs SET last_event_id='1-1' WHERE id=$1", uuid.UUID(job["id"])
+    )
+    url = f"{JOBS}/{job['id']}/metrics"
+    assert [m["epoch"] for m in (await client.get(url)).json()["metrics"]] == [1, 2, 3]
+    assert [m["epoch"] for m in (await client.get(url)).json()["metrics"]] == [1, 2, 3]
+    # The recorder commits new rows and a newer last_event_id together.
+    async with db.transaction():
+        await db.execute(
+            "INSERT INTO training_metrics (timestamp, id, training_job_id, epoch, phase)"
+            " VALUES ($1, $2, $3, 4, 'epoch')",
+            utcnow() + timedelta(minutes=1),
+            uuid.uuid4(),
+            uuid.UUID(job["id"]),
+        )
+        await db.execute(
+            "UPDATE training_jobs SET last_event_id='2-1' WHERE id=$1", uuid.UUID(job["id"])
+        )
+    assert [m["epoch"] for m in (await client.get(url)).json()["metrics"]] == [1, 2, 3, 4]
+
+
 async def test_metrics_downsamples_batch_series(
     client: AsyncTestClient[Any], db: asyncpg.Connection
 ) -> None:

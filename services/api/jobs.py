@@ -217,10 +217,14 @@ class JobsController(Controller):
     ) -> Response[bytes]:
         """`metrics` is a list of rows, or with `format=columns` one array per field."""
         res = _res(state)
-        await _job_or_404(res, job_id)
-        body = await store.metrics_json(
-            res.db, job_id, phase, limit, points, columns=format == "columns"
-        )
+        row = await _job_or_404(res, job_id)
+        key = (job_id, row["last_event_id"], phase, limit, points, format)
+        body = res.metrics_cache.get(key)
+        if body is None:
+            body = await store.metrics_json(
+                res.db, job_id, phase, limit, points, columns=format == "columns"
+            )
+            res.metrics_cache.put(key, body)
         head = f'{{"job_id":"{job_id}","phase":"{phase}","metrics":'.encode()
         return Response(head + body + b"}", media_type="application/json")
 

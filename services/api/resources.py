@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from litestar import Litestar
 
+from services.api.cache import ResponseCache
 from shared import keys
 from shared.db import create_pool as create_db_pool
 from shared.db import migrate
@@ -24,6 +25,8 @@ class Resources:
     redis: ArqRedis
     """Also the arq queue client: an ArqRedis is a redis.asyncio.Redis."""
     emitter: AsyncEmitter
+    metrics_cache: ResponseCache = field(default_factory=ResponseCache)
+    """Encoded metrics responses, keyed by the job's last event id (see services/api/cache)."""
 
 
 @asynccontextmanager
