@@ -3,9 +3,7 @@ the WebSocket showing `paused` and the resumption."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -14,12 +12,10 @@ import redis
 import redis.asyncio as aredis
 import websockets
 from litestar.testing import AsyncTestClient
+from support import running_system, wait_for
 from test_worker_e2e import SMALL, events_of
 from test_ws_support import api_in_process, make_job, recv_json, recv_until, ws_url
 
-from services.api.app import create_app
-from services.recorder.app import run_recorder
-from services.worker.app import create_worker
 from shared.datasets import write_synthetic
 from shared.emit import AsyncEmitter
 from shared.events import (
@@ -46,33 +42,11 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def system(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[AsyncTestClient[Any]]:
     await write_synthetic(db, settings.datasets_dir, "synth", 84, seed=1, duration_s=0.25)
-    stop = asyncio.Event()
-    recorder = asyncio.create_task(run_recorder(settings, stop=stop))
-    worker = create_worker(settings, handle_signals=False, poll_delay_s=0.05)
-    working = asyncio.create_task(worker.async_run())
-    try:
-        async with AsyncTestClient(app=create_app(settings)) as client:
-            yield client
-    finally:
-        working.cancel()
-        await asyncio.gather(working, return_exceptions=True)
-        await worker.close()
-        stop.set()
-        await asyncio.wait_for(recorder, 30)
+    async with running_system(settings) as client:
+        yield client
 
 
 async def _status(client: AsyncTestClient[Any], job_id: str) -> str:
@@ -96,7 +70,7 @@ async def test_pause_then_resume_equals_an_uninterrupted_run(
         return str(resp.json()["id"])
 
     plain = await create()
-    await until(lambda: _done(client, plain), 120, "the uninterrupted job")
+    await wait_for(lambda: _done(client, plain), timeout=120, what="the uninterrupted job")
 
     job = await create()
     first_task = (await client.get(f"{JOBS}/{job}")).json()["job"]["celery_task_id"]
@@ -106,10 +80,10 @@ async def test_pause_then_resume_equals_an_uninterrupted_run(
             isinstance(e, BatchProgress) and e.epoch >= 2 for e in events_of(sync_redis, job)
         )
 
-    await until(in_epoch_two, 90, "the second epoch")
+    await wait_for(in_epoch_two, timeout=90, what="the second epoch")
     resp = await client.post(f"{JOBS}/{job}/pause")
     assert resp.status_code == 200, resp.text
-    await until(lambda: _is(client, job, "paused"), 30, "status paused")
+    await wait_for(lambda: _is(client, job, "paused"), timeout=30, what="status paused")
     paused = [e for e in events_of(sync_redis, job) if isinstance(e, JobPaused)]
     assert len(paused) == 1 and paused[0].checkpoint_path and paused[0].epoch >= 2
     assert (await client.post(f"{JOBS}/{job}/pause")).status_code == 409
@@ -119,7 +93,7 @@ async def test_pause_then_resume_equals_an_uninterrupted_run(
     assert resp.json()["job"]["status"] == "running"
     assert resp.json()["job"]["celery_task_id"] != first_task
     assert (await client.post(f"{JOBS}/{job}/resume")).status_code == 409
-    await until(lambda: _done(client, job), 120, "the resumed job")
+    await wait_for(lambda: _done(client, job), timeout=120, what="the resumed job")
 
     assert await _epochs(client, job) == pytest.approx(await _epochs(client, plain), rel=1e-6)
     events = events_of(sync_redis, job)

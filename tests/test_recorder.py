@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aredis
+from support import wait_for
 
 from services.recorder.app import run_recorder
 from services.recorder.settings import RecorderSettings
@@ -40,21 +41,6 @@ from shared.settings import Settings
 FAST = RecorderSettings(
     batch_size=50, block_ms=50, claim_idle_ms=200, claim_interval_s=0.2, trim_interval_s=0.2
 )
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[Any]], *, timeout: float = 15.0, what: str = "condition"
-) -> Any:
-    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

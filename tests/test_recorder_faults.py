@@ -12,14 +12,14 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aredis
+from support import wait_for
 
 from shared import keys
 from shared.config import TrainingConfig
@@ -36,21 +36,6 @@ JOBS = 4
 EVENTS_PER_JOB = 750  # 3,000 events and ~20,000 metric rows per test
 POINTS = 8
 EPOCH_EVERY = 10
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[Any]], *, timeout: float = 15.0, what: str = "condition"
-) -> Any:
-    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
-        await asyncio.sleep(0.02)
 
 
 @dataclass

@@ -4,9 +4,8 @@ went through Redis streams, a training process and the recorder."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -14,10 +13,8 @@ import pytest
 from arq.connections import RedisSettings, create_pool
 from arq.jobs import Job
 from litestar.testing import AsyncTestClient
+from support import running_system, wait_for
 
-from services.api.app import create_app
-from services.recorder.app import run_recorder
-from services.worker.app import create_worker
 from shared import keys
 from shared.datasets import write_synthetic
 from shared.settings import Settings
@@ -45,17 +42,6 @@ SMALL = {
 }
 
 
-async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 def mlflow_uri(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> str:
     """Jobs in these tests are also tracked in a file-based MLflow (and TensorBoard)."""
@@ -69,19 +55,8 @@ async def system(
     settings: Settings, db: asyncpg.Connection, mlflow_uri: str
 ) -> AsyncIterator[AsyncTestClient[Any]]:
     await write_synthetic(db, settings.datasets_dir, "sys", 70, seed=2, duration_s=0.25)
-    stop = asyncio.Event()
-    recorder = asyncio.create_task(run_recorder(settings, stop=stop))
-    worker = create_worker(settings, handle_signals=False, poll_delay_s=0.05)
-    working = asyncio.create_task(worker.async_run())
-    try:
-        async with AsyncTestClient(app=create_app(settings)) as client:
-            yield client
-    finally:
-        working.cancel()
-        await asyncio.gather(working, return_exceptions=True)
-        await worker.close()
-        stop.set()
-        await asyncio.wait_for(recorder, 30)
+    async with running_system(settings) as client:
+        yield client
 
 
 async def _job(client: AsyncTestClient[Any], job_id: str) -> dict[str, Any]:
@@ -100,7 +75,7 @@ async def test_job_trains_to_completion_through_the_whole_system(
         job = await _job(system, job_id)
         return job if job["status"] in ("completed", "failed", "cancelled") else None
 
-    job = await until(finished, 240, "the job to finish")
+    job = await wait_for(finished, timeout=240, what="the job to finish")
     assert job["status"] == "completed", job["error_message"]
     assert job["current_epoch"] == 3 and job["progress_percent"] == 100.0
     assert job["dataset_size"] == job["train_samples"] + job["val_samples"] > 0
@@ -133,7 +108,7 @@ async def test_job_trains_to_completion_through_the_whole_system(
         history = client.get_metric_history(job["mlflow_run_id"], "val_loss")
         return len(history) == 3
 
-    await until(logged, 30, "MLflow to have every epoch")
+    await wait_for(logged, timeout=30, what="MLflow to have every epoch")
     run = client.get_run(job["mlflow_run_id"])
     assert run.data.params["epochs"] == "3"
     assert list((settings.data_dir / "tensorboard" / job_id).glob("events.out.tfevents.*"))
@@ -149,7 +124,7 @@ async def test_cancel_through_the_api_stops_the_worker(
     async def training() -> bool:
         return bool((await _job(system, job_id))["current_batch"])
 
-    await until(training, 120, "training to start")
+    await wait_for(training, timeout=120, what="training to start")
     resp = await system.post(f"{JOBS}/{job_id}/cancel")
     assert resp.status_code == 200 and resp.json()["job"]["status"] == "cancelled"
     started = time.monotonic()

@@ -3,13 +3,13 @@ gives the same metrics as one that never stopped; a crash-resumed run emits noth
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from support import synthetic_recordings
 
 from services.worker.progress import ListSink, NeverStop
 from services.worker.resume import PAUSE, RESUME, Held, latest_point
@@ -17,8 +17,6 @@ from services.worker.trainer import TrainSpec, train
 from shared.config import TrainingConfig
 from shared.datasets import Recording
 from shared.events import BatchProgress, EpochCompleted, JobStarted
-from shared.synth import synth_dataset
-from shared.wavio import write_wav
 
 BASE: dict[str, Any] = {
     "model_architecture": "convnext_atto",
@@ -48,16 +46,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def recordings(tmp_path_factory: pytest.TempPathFactory) -> list[Recording]:
-    root = tmp_path_factory.mktemp("recordings")
-    out = []
-    for rec in synth_dataset(56, seed=5, duration_s=0.25):
-        rid = str(uuid.uuid4())
-        path = root / rec.label / f"{rid}.wav"
-        write_wav(path, rec.samples, rec.sample_rate)
-        out.append(
-            Recording(rid, str(path), rec.label, rec.snr_db, rec.approved, rec.sample_rate, 0.25, 1)
-        )
-    return out
+    return synthetic_recordings(tmp_path_factory.mktemp("recordings"), 56)
 
 
 def make_spec(recordings: list[Recording], out: Path, **extra: Any) -> TrainSpec:

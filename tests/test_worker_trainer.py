@@ -6,7 +6,6 @@ Fast tests on the plain functions; the end-to-end path is in test_worker_e2e.py.
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 import torch
+from support import synthetic_recordings
 
 from services.worker import trainer as trainer_mod
 from services.worker.checkpoint import load_checkpoint
@@ -35,8 +35,6 @@ from shared.config import TrainingConfig
 from shared.datasets import Recording, write_synthetic
 from shared.events import BatchProgress, EpochCompleted, Event, JobStarted
 from shared.settings import Settings
-from shared.synth import synth_dataset
-from shared.wavio import write_wav
 
 BASE: dict[str, Any] = {
     "model_architecture": "convnext_atto",
@@ -75,16 +73,7 @@ def config(**overrides: Any) -> TrainingConfig:
 @pytest.fixture(scope="module")
 def recordings(tmp_path_factory: pytest.TempPathFactory) -> list[Recording]:
     """70 synthetic recordings (10 per class), 0.25 s at 8 kHz, without a database."""
-    root = tmp_path_factory.mktemp("recordings")
-    out = []
-    for rec in synth_dataset(70, seed=5, duration_s=0.25):
-        rid = str(uuid.uuid4())
-        path = root / rec.label / f"{rid}.wav"
-        write_wav(path, rec.samples, rec.sample_rate)
-        out.append(
-            Recording(rid, str(path), rec.label, rec.snr_db, rec.approved, rec.sample_rate, 0.25, 1)
-        )
-    return out
+    return synthetic_recordings(tmp_path_factory.mktemp("recordings"), 70)
 
 
 def spec(recordings: list[Recording], tmp_path: Path, **overrides: Any) -> TrainSpec:
