@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -23,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+from _machine import describe
 
 from services.cli.embedded import embedded_stores
 from shared.config import TrainingConfig
@@ -176,15 +176,7 @@ def main() -> None:
                 proc.wait(10)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in open("/proc/cpuinfo")
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    print(f"machine: {cpu}, {os.cpu_count()} cores")
+    print(f"machine: {describe()}")
     print(f"{args.points}-point batch series, median of {args.requests} requests each")
     for (name, cold), (ms, size) in results.items():
         cache = "cold (computed)" if cold else "warm (cached)"

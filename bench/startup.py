@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import signal
@@ -19,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import describe
 
 from services.cli.embedded import embedded_stores
 from shared.settings import Settings
@@ -82,15 +83,7 @@ def main() -> None:
         up = [time_up(data_dir, args.workers) for _ in range(args.runs)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in open("/proc/cpuinfo")
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"machine: {describe()}")
     print(
         f"embedded Valkey + PostgreSQL start: median {statistics.median(stores):.2f} s "
         f"(min {min(stores):.2f}, max {max(stores):.2f}, {args.runs} runs)"

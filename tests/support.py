@@ -16,6 +16,22 @@ from shared.settings import Settings
 from shared.synth import synth_dataset
 from shared.wavio import write_wav
 
+TINY: dict[str, Any] = {
+    "model_architecture": "convnext_atto",
+    "pretrained": False,
+    "batch_size": 16,
+    "num_workers": 0,
+    "n_fft": 256,
+    "hop_length": 64,
+    "n_mels": 32,
+    "accelerator": "cpu",
+    "min_snr_db": -100.0,
+    "only_approved": False,
+    "warmup_epochs": 0,
+    "learning_rate": 0.002,
+}
+"""A config that trains on a CPU in seconds: tests spread it and set what they exercise."""
+
 
 async def wait_for(
     check: Callable[[], Awaitable[Any]],

@@ -19,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio as aredis
 from arq.connections import RedisSettings
+from support import TINY
 
 from services.worker.app import create_worker
 from shared import keys
@@ -45,22 +46,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
 ]
 
-SMALL = {
-    "model_architecture": "convnext_atto",
-    "pretrained": False,
-    "batch_size": 16,
-    "num_workers": 0,
-    "n_fft": 256,
-    "hop_length": 64,
-    "n_mels": 32,
-    "accelerator": "cpu",
-    "min_snr_db": -100.0,
-    "only_approved": False,
-    "dataset": "synth",
-    "warmup_epochs": 0,
-    "learning_rate": 0.002,
-    "seed": 7,
-}
+SMALL: dict[str, Any] = {**TINY, "dataset": "synth", "seed": 7}
 
 
 def small_config(**overrides: Any) -> TrainingConfig:

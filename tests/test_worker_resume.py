@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from support import synthetic_recordings
+from support import TINY, synthetic_recordings
 
 from services.worker.progress import ListSink, NeverStop
 from services.worker.resume import PAUSE, RESUME, Held, latest_point
@@ -18,22 +18,7 @@ from shared.config import TrainingConfig
 from shared.datasets import Recording
 from shared.events import BatchProgress, EpochCompleted, JobStarted
 
-BASE: dict[str, Any] = {
-    "model_architecture": "convnext_atto",
-    "pretrained": False,
-    "batch_size": 16,
-    "num_workers": 0,
-    "n_fft": 256,
-    "hop_length": 64,
-    "n_mels": 32,
-    "accelerator": "cpu",
-    "min_snr_db": -100.0,
-    "only_approved": False,
-    "warmup_epochs": 0,
-    "learning_rate": 0.002,
-    "epochs": 3,
-    "seed": 11,
-}
+BASE: dict[str, Any] = {**TINY, "epochs": 3, "seed": 11}
 
 
 @pytest.fixture(autouse=True)

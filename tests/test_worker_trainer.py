@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 import torch
-from support import synthetic_recordings
+from support import TINY, synthetic_recordings
 
 from services.worker import trainer as trainer_mod
 from services.worker.checkpoint import load_checkpoint
@@ -36,22 +36,7 @@ from shared.datasets import Recording, write_synthetic
 from shared.events import BatchProgress, EpochCompleted, Event, JobStarted
 from shared.settings import Settings
 
-BASE: dict[str, Any] = {
-    "model_architecture": "convnext_atto",
-    "pretrained": False,
-    "batch_size": 16,
-    "num_workers": 0,
-    "n_fft": 256,
-    "hop_length": 64,
-    "n_mels": 32,
-    "accelerator": "cpu",
-    "min_snr_db": -100.0,
-    "only_approved": False,
-    "warmup_epochs": 0,
-    "learning_rate": 0.002,
-    "epochs": 2,
-    "seed": 11,
-}
+BASE: dict[str, Any] = {**TINY, "epochs": 2, "seed": 11}
 
 
 @pytest.fixture(autouse=True)
