@@ -4,6 +4,7 @@ every service may run them at start-up, concurrently."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from importlib import resources
 from typing import Any
@@ -48,6 +49,17 @@ async def has_timescale(conn: asyncpg.Connection) -> bool:
 async def migrate(conn: asyncpg.Connection) -> None:
     """Bring the schema up to date; safe to run any number of times, from many processes."""
     sql = resources.files("shared.db").joinpath("schema.sql").read_text()
+    checksum = hashlib.sha256(sql.encode()).hexdigest()
+    # The DDL takes ACCESS EXCLUSIVE locks even when it changes nothing; every service migrates
+    # at start-up, so an up-to-date schema is recognised with one read and left alone.
+    try:
+        current = await conn.fetchval(
+            "SELECT checksum FROM schema_migrations WHERE version = $1", SCHEMA_VERSION
+        )
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+        current = None
+    if current == checksum:
+        return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         timescale = False
@@ -65,8 +77,10 @@ async def migrate(conn: asyncpg.Connection) -> None:
                 " if_not_exists => TRUE, migrate_data => TRUE)"
             )
         await conn.execute(
-            "INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
+            "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)"
+            " ON CONFLICT (version) DO UPDATE SET checksum = EXCLUDED.checksum",
             SCHEMA_VERSION,
+            checksum,
         )
     log.debug("schema migrated", version=SCHEMA_VERSION, timescale=timescale)
 

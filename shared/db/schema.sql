@@ -113,3 +113,5 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY,
     applied_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'utc')
 );
+-- The checksum of this file when it was applied: start-ups with the same file skip the DDL.
+ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum TEXT;
