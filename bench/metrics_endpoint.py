@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,13 +27,8 @@ from services.cli.embedded import embedded_stores
 from shared.config import TrainingConfig
 from shared.db import connect, migrate
 from shared.jobs import insert_job, utcnow
+from shared.net import free_port
 from shared.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def seed(database_url: str, points: int) -> str:
@@ -132,7 +126,7 @@ def main() -> None:
         with embedded_stores(Settings(data_dir=root)) as settings:
             assert settings.database_url and settings.redis_url
             job = asyncio.run(seed(settings.database_url, args.points))
-            port = _free_port()
+            port = free_port()
             env = {
                 **os.environ,
                 "HEIMDALL_REDIS_URL": settings.redis_url,

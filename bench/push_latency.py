@@ -20,7 +20,6 @@ import contextlib
 import os
 import platform
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from shared.db import connect, migrate  # noqa: E402
 from shared.emit import AsyncEmitter  # noqa: E402
 from shared.events import BatchProgress, JobStarted  # noqa: E402
 from shared.jobs import insert_job  # noqa: E402
+from shared.net import free_port  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 SERVER = """
@@ -85,12 +85,6 @@ def raise_open_files() -> int:
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,13 +21,8 @@ from pathlib import Path
 from _machine import describe
 
 from services.cli.embedded import embedded_stores
+from shared.net import free_port
 from shared.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def time_up(data_dir: Path, workers: int) -> float:
@@ -43,7 +37,7 @@ def time_up(data_dir: Path, workers: int) -> float:
             "--data-dir",
             str(data_dir),
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--workers",
             str(workers),
         ],

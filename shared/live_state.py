@@ -99,7 +99,9 @@ def _progress(state: Mapping[str, Any], epochs_done: float) -> float:
     return min(100.0, 100.0 * epochs_done / total)
 
 
-def apply(state: Mapping[str, Any], event: Event, event_id: str) -> LiveStatus:
+def apply(  # noqa: C901 - one case per event type
+    state: Mapping[str, Any], event: Event, event_id: str
+) -> LiveStatus:
     """The status after `event` (pure: `state` is not modified).
 
     A finished job is returned unchanged; anything else records `event_id` as the newest event

@@ -108,3 +108,11 @@ def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(settings.redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+async def dataset(settings: Settings, db: asyncpg.Connection) -> str:
+    """The `synth` dataset of `support.worker.SMALL`: 84 synthetic recordings of 0.25 s."""
+    from support.worker import synth_dataset
+
+    return await synth_dataset(settings, db)

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,13 +18,8 @@ import numpy as np
 import psutil
 import pytest
 
+from shared.net import free_port
 from shared.wavio import write_wav
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env() -> dict[str, str]:
@@ -97,7 +91,7 @@ def data_dir() -> Iterator[Path]:
 
 
 def test_up_starts_serves_stops_cleanly_and_keeps_data(data_dir: Path) -> None:
-    up = Up(data_dir, _free_port(), "--workers", "1", "--demo")
+    up = Up(data_dir, free_port(), "--workers", "1", "--demo")
     try:
         up.wait_ready()
         tree = psutil.Process(up.proc.pid).children(recursive=True)
@@ -134,7 +128,7 @@ def test_up_starts_serves_stops_cleanly_and_keeps_data(data_dir: Path) -> None:
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
 
     # Everything survives a restart on the same data dir.
-    again = Up(data_dir, _free_port(), "--workers", "0")
+    again = Up(data_dir, free_port(), "--workers", "0")
     try:
         again.wait_ready()
         jobs = httpx.get(f"{again.base}/api/v1/training/jobs").json()

@@ -20,12 +20,12 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aredis
-from test_dashboard_support import (
+from support import serve_api
+from support.dashboard import (
     CHROMIUM_ARGS,
     REPO,
     find_chromium,
     recorder_process,
-    serve_api,
     train,
 )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +16,7 @@ import httpx
 import pytest
 
 from shared.db import connect, migrate
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from shared.net import free_port
 
 
 async def _fresh_database(admin_url: str) -> str:
@@ -47,7 +41,7 @@ async def _fresh_database(admin_url: str) -> str:
 def api_url(store_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     redis_url, admin_url = store_urls
     database_url = asyncio.run(_fresh_database(admin_url))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
     env.update(
         HEIMDALL_REDIS_URL=redis_url,

@@ -12,9 +12,9 @@ import redis
 import redis.asyncio as aredis
 import websockets
 from litestar.testing import AsyncTestClient
-from support import running_system, wait_for
-from test_worker_e2e import SMALL, events_of
-from test_ws_support import api_in_process, make_job, recv_json, recv_until, ws_url
+from support import running_system, serve_api, wait_for
+from support.worker import SMALL, events_of
+from support.ws import make_job, recv_json, recv_until, ws_url
 
 from shared.datasets import write_synthetic
 from shared.emit import AsyncEmitter
@@ -126,7 +126,7 @@ async def test_websocket_shows_paused_and_the_resumption(
 ) -> None:
     job = await make_job(db, epochs=3)
     emitter = AsyncEmitter(redis_client)
-    async with api_in_process(settings) as base, websockets.connect(ws_url(base, job)) as ws:
+    async with serve_api(settings) as base, websockets.connect(ws_url(base, job)) as ws:
         await recv_json(ws)
         assert (await recv_json(ws))["status"] == "queued"
         await emitter.emit(JobStarted(job_id=job, total_batches=4))

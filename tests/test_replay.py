@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aredis
 import websockets
-from test_ws_support import api_in_process, epoch_event, make_job, recv_all, recv_json
+from support import serve_api
+from support.ws import epoch_event, make_job, recv_all, recv_json
 
 from services.cli.replay import replay
 from shared.emit import AsyncEmitter
@@ -44,7 +45,7 @@ async def test_replay_reaches_the_replay_socket_in_live_formats_at_speed(
         await asyncio.sleep(0.1)  # recorded spacing, which the replay reproduces
         await emitter.emit(epoch_event(job, epoch, total=3))
     await emitter.emit(JobCompleted(job_id=job, epochs_run=3))
-    async with api_in_process(settings) as base:
+    async with serve_api(settings) as base:
         url = f"{base.replace('http', 'ws', 1)}/ws/replay/{job}"
         for speed, slowest in ((1.0, None), (50.0, 0.2)):
             async with websockets.connect(url) as ws:

@@ -13,7 +13,7 @@ import pytest
 from arq.connections import RedisSettings, create_pool
 from arq.jobs import Job
 from litestar.testing import AsyncTestClient
-from support import running_system, wait_for
+from support import TINY, running_system, wait_for
 
 from shared import keys
 from shared.datasets import write_synthetic
@@ -27,17 +27,12 @@ pytestmark = [
 
 JOBS = "/api/v1/training/jobs"
 SMALL = {
-    "model_architecture": "convnext_atto",
-    "pretrained": False,
-    "batch_size": 16,
-    "num_workers": 0,
-    "n_fft": 256,
-    "hop_length": 64,
-    "n_mels": 32,
-    "accelerator": "cpu",
+    **TINY,
     "min_snr_db": 0.0,
+    "only_approved": True,
     "dataset": "sys",
     "warmup_epochs": 1,
+    "learning_rate": 0.001,
     "seed": 3,
 }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -12,16 +11,10 @@ import pytest
 from services.cli.tensorboard import start_tensorboard, stop_tensorboard, tensorboard_command
 from services.tracking.settings import tensorboard_dir, tensorboard_root
 from shared.events import EpochCompleted
+from shared.net import free_port
 from shared.settings import Settings
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_command_serves_the_data_dirs_tensorboard_folder(tmp_path: Path) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 import redis.asyncio as aredis
-from test_ws_support import api_in_process, epoch_event, make_job
+from support import serve_api, wait_for
+from support.ws import epoch_event, make_job
 
 from services.cli.watch import WatchError, socket_url, watch
 from shared.emit import AsyncEmitter
@@ -74,30 +75,24 @@ def test_socket_url() -> None:
     )
 
 
-async def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - polls a condition, with a deadline
-            await asyncio.sleep(0.02)
-
-
 async def test_watch_renders_progress_reconnects_and_returns_final_status(
     settings: Settings, db: asyncpg.Connection, redis_client: aredis.Redis
 ) -> None:
     job = await make_job(db, epochs=3)
     emitter = AsyncEmitter(redis_client)
-    async with api_in_process(settings) as base:
+    async with serve_api(settings) as base:
         proxy = CuttableProxy(int(base.rsplit(":", 1)[1]))
         async with proxy.serve() as proxied:
             out = io.StringIO()
             watcher = asyncio.create_task(watch(proxied, job, out=out))
-            await _wait_for(lambda: "queued" in out.getvalue())
+            await wait_for(lambda: "queued" in out.getvalue())
             await emitter.emit(JobStarted(job_id=job, total_batches=4))
             await emitter.emit(BatchProgress(job_id=job, epoch=1, batch=2, total_batches=4))
             await emitter.emit(epoch_event(job, 1, total=3))
-            await _wait_for(lambda: "epoch 1/3:" in out.getvalue())
+            await wait_for(lambda: "epoch 1/3:" in out.getvalue())
             proxy.cut()
             await emitter.emit(epoch_event(job, 2, total=3))  # while disconnected
-            await _wait_for(lambda: len(proxy.requests) == 2)
+            await wait_for(lambda: len(proxy.requests) == 2)
             await emitter.emit(epoch_event(job, 3, total=3))
             await emitter.emit(JobCompleted(job_id=job, epochs_run=3))
             status = await asyncio.wait_for(watcher, 20)
@@ -110,6 +105,6 @@ async def test_watch_renders_progress_reconnects_and_returns_final_status(
 
 
 async def test_watch_unknown_job_raises(settings: Settings) -> None:
-    async with api_in_process(settings) as base:
+    async with serve_api(settings) as base:
         with pytest.raises(WatchError, match="no training job"):
             await watch(base, "7b1e1f4e-0000-4000-8000-000000000000", out=io.StringIO())

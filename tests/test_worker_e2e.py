@@ -9,25 +9,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Callable
 
-import arq
 import asyncpg
 import pytest
 import redis
 import redis.asyncio as aredis
-from arq.connections import RedisSettings
-from support import TINY
+from support import wait_for
+from support.worker import burst_worker, events_of, small_config, submit
 
-from services.worker.app import create_worker
-from shared import keys
 from shared.commands import CancelJob, DeleteJob, send_command
-from shared.config import TrainingConfig
-from shared.datasets import write_synthetic
 from shared.events import (
-    AnyEvent,
     BatchProgress,
     CheckpointSaved,
     EpochCompleted,
@@ -35,9 +27,7 @@ from shared.events import (
     JobCompleted,
     JobFailed,
     JobStarted,
-    decode_event,
 )
-from shared.jobs import insert_job
 from shared.settings import Settings
 
 pytestmark = [
@@ -46,67 +36,12 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
 ]
 
-SMALL: dict[str, Any] = {**TINY, "dataset": "synth", "seed": 7}
-
-
-def small_config(**overrides: Any) -> TrainingConfig:
-    return TrainingConfig(**{**SMALL, **overrides})
-
-
-def events_of(client: redis.Redis, job_id: str) -> list[AnyEvent]:
-    return [decode_event(f[b"data"]) for _, f in client.xrange(keys.job_stream(job_id))]
-
-
-async def wait_for(
-    predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.02
-) -> float:
-    """Poll until `predicate()`; returns the moment it held (monotonic)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(step)
-    return time.monotonic()
-
-
-async def submit(settings: Settings, db: asyncpg.Connection, config: TrainingConfig) -> str:
-    task_id = str(uuid.uuid4())
-    row = await insert_job(db, "test job", config, task_id=task_id)
-    pool = await arq.create_pool(
-        RedisSettings.from_dsn(settings.redis_url or ""), default_queue_name=keys.ARQ_QUEUE
-    )
-    try:
-        await pool.enqueue_job(
-            "train_job", str(row["id"]), _job_id=task_id, _queue_name=keys.ARQ_QUEUE
-        )
-    finally:
-        await pool.aclose()
-    return str(row["id"])
-
 
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """Training processes inherit this: on two shared cores, multi-threaded kernels spin on
     barriers and run many times slower than single-threaded ones."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
-@asynccontextmanager
-async def burst_worker(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
-    """A burst-mode worker running in the background; it ends when the queue is drained."""
-    worker = create_worker(settings, burst=True, handle_signals=False, poll_delay_s=0.05)
-    task = asyncio.create_task(worker.async_run())
-    try:
-        yield task
-        await asyncio.wait_for(asyncio.shield(task), timeout=120)
-    finally:
-        await worker.close()
-
-
-@pytest.fixture
-async def dataset(settings: Settings, db: asyncpg.Connection) -> str:
-    await write_synthetic(db, settings.datasets_dir, "synth", 84, seed=1, duration_s=0.25)
-    return "synth"
 
 
 async def test_job_runs_to_completion(
@@ -177,12 +112,13 @@ async def test_cancel_mid_training_stops_within_two_seconds(
         return lambda: sum(isinstance(e, kind) for e in events_of(sync_redis, job_id)) >= n
 
     async with burst_worker(settings) as task:
-        await wait_for(seen(CheckpointSaved), 60, "the first checkpoint")
-        await wait_for(seen(BatchProgress, 3), 30, "batches of the second epoch")
+        await wait_for(seen(CheckpointSaved), timeout=60, what="the first checkpoint")
+        await wait_for(seen(BatchProgress, 3), timeout=30, what="batches of the second epoch")
         sent = time.monotonic()
         cmd = CancelJob(job_id=job_id) if command == "cancel" else DeleteJob(job_id=job_id)
         await send_command(redis_client, cmd)
-        stopped = await wait_for(seen(JobCancelled), 5, "JobCancelled")
+        await wait_for(seen(JobCancelled), timeout=5, what="JobCancelled")
+        stopped = time.monotonic()
         assert stopped - sent < 2.0
         await asyncio.wait_for(asyncio.shield(task), 10)
     events = events_of(sync_redis, job_id)
@@ -256,8 +192,8 @@ async def test_worker_stops_training_on_sigint(
     try:
         await wait_for(
             lambda: any(isinstance(e, BatchProgress) for e in events_of(sync_redis, job_id)),
-            90,
-            "training to start",
+            timeout=90,
+            what="training to start",
         )
         family = psutil.Process(proc.pid).children(recursive=True)
         assert family, "the training process should be a descendant of the worker"

@@ -21,7 +21,8 @@ import asyncpg
 import psutil
 import pytest
 import redis
-from test_worker_e2e import burst_worker, dataset, events_of, small_config, submit
+from support import wait_for
+from support.worker import burst_worker, events_of, small_config, submit
 
 from services.recorder.app import run_recorder
 from shared import keys
@@ -35,8 +36,6 @@ from shared.events import (
 )
 from shared.settings import Settings
 
-__all__ = ["dataset"]
-
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
@@ -49,14 +48,6 @@ Process = asyncio.subprocess.Process
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -115,7 +106,7 @@ async def test_sigterm_checkpoints_and_requeues_the_job(
 ) -> None:
     job_id = await submit(settings, db, small_config(epochs=4))
     async with workers(settings, 1) as (proc,):
-        await wait_for(in_epoch(sync_redis, job_id, 2), 90, "the second epoch")
+        await wait_for(in_epoch(sync_redis, job_id, 2), timeout=90, what="the second epoch")
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
     assert proc.returncode == 0
@@ -140,7 +131,7 @@ async def test_sigkill_of_the_training_worker_is_recovered_by_another(
     try:
         job_id = await submit(settings, db, small_config(epochs=4))
         async with workers(settings, 2) as procs:
-            await wait_for(in_epoch(sync_redis, job_id, 2), 120, "the second epoch")
+            await wait_for(in_epoch(sync_redis, job_id, 2), timeout=120, what="the second epoch")
             owner = sync_redis.get(keys.lease(job_id))
             assert owner is not None
             pid = int(owner.decode().split(":")[1])
@@ -155,7 +146,7 @@ async def test_sigkill_of_the_training_worker_is_recovered_by_another(
             def done() -> bool:
                 return any(isinstance(e, JobCompleted) for e in events_of(sync_redis, job_id))
 
-            await wait_for(done, 120, "the job to complete on the other worker")
+            await wait_for(done, timeout=120, what="the job to complete on the other worker")
         events = events_of(sync_redis, job_id)
         assert_complete_once(events, 4)
         requeued = [e for e in events if isinstance(e, JobRequeued)]

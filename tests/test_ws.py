@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aredis
 import websockets
-from test_ws_support import api_in_process, epoch_event, make_job, recv_all, recv_json, ws_url
+from support import serve_api
+from support.ws import epoch_event, make_job, recv_all, recv_json, ws_url
 
 from shared.emit import AsyncEmitter
 from shared.events import BatchProgress, JobCompleted, JobStarted
@@ -19,7 +20,7 @@ from shared.settings import Settings
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[str]:
-    async with api_in_process(settings) as base:
+    async with serve_api(settings) as base:
         yield base
 
 
@@ -108,7 +109,7 @@ async def test_finished_job_sends_snapshot_and_closes_1000(
 
 async def test_heartbeat_when_nothing_happens(settings: Settings, db: asyncpg.Connection) -> None:
     job = await make_job(db)
-    async with api_in_process(replace(settings, heartbeat_s=0.3)) as base:
+    async with serve_api(replace(settings, heartbeat_s=0.3)) as base:
         async with websockets.connect(ws_url(base, job)) as ws:
             await recv_json(ws)
             await recv_json(ws)
@@ -121,7 +122,7 @@ async def test_heartbeat_when_nothing_happens(settings: Settings, db: asyncpg.Co
 
 async def test_token_required_on_websocket(settings: Settings, db: asyncpg.Connection) -> None:
     job = await make_job(db)
-    async with api_in_process(replace(settings, api_token="s3cret")) as base:
+    async with serve_api(replace(settings, api_token="s3cret")) as base:
         with pytest.raises(websockets.InvalidStatus):
             async with websockets.connect(ws_url(base, job)):
                 pass

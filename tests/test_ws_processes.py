@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aredis
 import websockets
-from test_ws_support import api_processes, epoch_event, make_job, recv_all, recv_json, ws_url
+from support.ws import api_processes, epoch_event, make_job, recv_all, recv_json, ws_url
 
 from shared.emit import AsyncEmitter
 from shared.events import BatchProgress, JobCompleted, JobStarted, JobWarning

@@ -11,7 +11,8 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aredis
 import websockets
-from test_ws_support import api_in_process, epoch_event, make_job, recv_all, recv_json, ws_url
+from support import serve_api
+from support.ws import epoch_event, make_job, recv_all, recv_json, ws_url
 
 from shared.emit import AsyncEmitter
 from shared.events import BatchProgress, JobCompleted, JobStarted
@@ -47,7 +48,7 @@ async def test_resume_after_drop_gets_the_same_events_as_a_steady_client(
                 await asyncio.sleep(0)
         emitted.append(await emitter.emit(epoch_event(job, epoch, total=4)))
 
-    async with api_in_process(settings) as base:
+    async with serve_api(settings) as base:
         steady = await websockets.connect(ws_url(base, job))
         steady_task = asyncio.create_task(recv_all(steady, timeout=60))
         dropper = await websockets.connect(ws_url(base, job))
@@ -110,7 +111,7 @@ async def test_resume_of_finished_job_replays_what_was_missed_then_closes(
         job,
         missed[-1],
     )
-    async with api_in_process(settings) as base:
+    async with serve_api(settings) as base:
         async with websockets.connect(ws_url(base, job, after=first)) as ws:
             messages = await recv_all(ws)
             assert ws.close_code == 1000

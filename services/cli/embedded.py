@@ -12,7 +12,6 @@ import atexit
 import contextlib
 import json
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import psutil
 import structlog
 
+from shared.net import free_port
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -71,7 +71,7 @@ def _start_valkey(data_dir: Path) -> _Valkey:
     directory = data_dir / "valkey"
     directory.mkdir(parents=True, exist_ok=True)
     server = ValkeyServer(
-        port=_free_port(),
+        port=free_port(),
         data_dir=directory,
         persist=True,
         appendonly="yes",
@@ -79,12 +79,6 @@ def _start_valkey(data_dir: Path) -> _Valkey:
     )
     server.start(timeout=15)
     return _Valkey(server=server, url=f"redis://127.0.0.1:{server.port}/0")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start_postgres(data_dir: Path) -> tuple[object, str]:

@@ -116,7 +116,7 @@ class ProgressLine:
         self.out.flush()
 
 
-async def watch(
+async def watch(  # noqa: C901 - one loop over the message kinds, with reconnects
     base_url: str, job_id: str, token: str | None = None, out: TextIO | None = None
 ) -> str:
     """Show a job's live progress until it finishes; returns its final status.

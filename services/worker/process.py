@@ -138,7 +138,9 @@ def error_text(exc: BaseException) -> str:
     return text[:4000]
 
 
-def _main(rank: int, info: DistInfo, payload: Payload, stop: MpEvent, gate: Any, hold: Any) -> None:
+def _main(  # noqa: C901 - each outcome of a training process, in one place
+    rank: int, info: DistInfo, payload: Payload, stop: MpEvent, gate: Any, hold: Any
+) -> None:
     """Entry point of one training process."""
     import redis
     import structlog

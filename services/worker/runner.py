@@ -241,7 +241,7 @@ class JobRunner:
             await self._emit(JobRequeued(job_id=job_id, reason=reason))
             log.info("job checkpointed and left to the queue", reason=reason)
 
-    async def _supervise(
+    async def _supervise(  # noqa: C901 - the supervision loop; to be split (issue 18)
         self, job_id: str, run: TrainingRun, watch: Watch, lost: asyncio.Event
     ) -> str:
         next_flag_check = time.monotonic() + FLAG_POLL_S

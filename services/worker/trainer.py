@@ -365,7 +365,7 @@ def _resume_point(spec: TrainSpec) -> ResumePoint | None:
     return point
 
 
-def train(
+def train(  # noqa: C901 - to be split with the worker core (issue 18)
     spec: TrainSpec,
     sink: EventSink,
     stop: StopSignal,

@@ -1,17 +1,22 @@
-"""Helpers shared by several test modules (imported as `support`, like `test_ws_support`)."""
+"""Helpers shared by the test modules: `import support` (this package) and its modules
+`support.ws`, `support.dashboard` and `support.worker`. No test module imports another; every
+poll helper, free port and in-process server is here once."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from litestar.testing import AsyncTestClient
 
 from shared.datasets import Recording
+from shared.net import free_port
 from shared.settings import Settings
 from shared.synth import synth_dataset
 from shared.wavio import write_wav
@@ -34,18 +39,20 @@ TINY: dict[str, Any] = {
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[Any]],
+    check: Callable[[], Any],
     *,
     timeout: float = 15.0,
     what: str = "condition",
     step: float = 0.02,
 ) -> Any:
-    """Poll `check` until it returns something truthy (and return that), or fail after
-    `timeout` seconds naming `what`."""
+    """Poll `check` (a plain or an async callable) until it returns something truthy (and
+    return that), or fail after `timeout` seconds naming `what`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        value = await check()
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if loop.time() > deadline:
@@ -89,3 +96,46 @@ async def running_system(settings: Settings) -> AsyncIterator[AsyncTestClient[An
         await worker.close()
         stop.set()
         await asyncio.wait_for(recorder, 30)
+
+
+@contextlib.asynccontextmanager
+async def serve_api(settings: Settings, port: int | None = None) -> AsyncIterator[str]:
+    """The real API under uvicorn on this event loop (a real port); yields its base URL."""
+    from services.api.app import create_app
+
+    port = port or free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(
+            lambda: server.started or task.done(), timeout=30, what="the API server to start"
+        )
+        if task.done():
+            task.result()
+            raise RuntimeError("the API server stopped while starting")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(task, 30)
+        except TimeoutError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+__all__ = [
+    "TINY",
+    "free_port",
+    "running_system",
+    "serve_api",
+    "synthetic_recordings",
+    "wait_for",
+]

@@ -1,4 +1,4 @@
-"""Helpers of the dashboard tests: a real API server, a recorder process, synthetic training."""
+"""Helpers of the dashboard tests: Chromium, a recorder process, synthetic training."""
 
 from __future__ import annotations
 
@@ -8,20 +8,16 @@ import math
 import os
 import random
 import shutil
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import uvicorn
-
-from services.api.app import create_app
 from shared.emit import AsyncEmitter
 from shared.events import BatchPoint, BatchProgress, EpochCompleted, JobCompleted, JobStarted
 from shared.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
@@ -36,41 +32,6 @@ def find_chromium() -> str | None:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def serve_api(settings: Settings, port: int | None = None) -> AsyncIterator[str]:
-    """The real API under uvicorn on this event loop; yields its base URL."""
-    port = port or free_port()
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the API server stopped while starting")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the API server did not start within 30 s")
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
 
 
 @contextlib.asynccontextmanager

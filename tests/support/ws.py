@@ -1,7 +1,4 @@
-"""Helpers for the WebSocket tests: real API servers (in-process or subprocesses), real clients.
-
-Imported by the tests/test_ws*.py, test_replay*.py and test_watch*.py modules; holds no tests.
-"""
+"""Helpers of the WebSocket tests: API servers in subprocesses, real clients, event builders."""
 
 from __future__ import annotations
 
@@ -9,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,58 +15,22 @@ from typing import Any
 
 import asyncpg
 import httpx
-import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from services.api.app import create_app
 from shared.config import TrainingConfig
 from shared.events import EpochCompleted
 from shared.jobs import insert_job
+from shared.net import free_port
 from shared.settings import Settings
+from support import wait_for
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+REPO = Path(__file__).resolve().parents[2]
 
 
 def ws_url(base: str, job_id: str, **params: str) -> str:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return f"{base.replace('http', 'ws', 1)}/ws/training/{job_id}" + (f"?{query}" if query else "")
-
-
-async def _wait_ready(base: str, deadline_s: float, alive: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + deadline_s
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            assert alive(), "API server exited during start-up"
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(f"{base}/health", timeout=1)).status_code == 200:
-                    return
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"API at {base} not ready within {deadline_s} s")
-
-
-@contextlib.asynccontextmanager
-async def api_in_process(settings: Settings) -> AsyncIterator[str]:
-    """A real uvicorn server on this event loop; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await _wait_ready(base, 20, lambda: not task.done())
-        yield base
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
 
 
 SERVER_SCRIPT = """
@@ -108,7 +68,11 @@ async def api_processes(
             )
             procs.append((proc, f"http://127.0.0.1:{port}"))
         for proc, base in procs:
-            await _wait_ready(base, 60, lambda p=proc: p.poll() is None)  # type: ignore[misc]
+            await wait_for(
+                lambda p=proc, b=base: _ready(p, b),  # type: ignore[misc]
+                timeout=60,
+                what=f"the API at {base}",
+            )
         yield [base for _, base in procs]
     finally:
         for proc, _ in procs:
@@ -119,6 +83,14 @@ async def api_processes(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 await asyncio.to_thread(proc.wait, 5)
+
+
+async def _ready(proc: subprocess.Popen[bytes], base: str) -> bool:
+    assert proc.poll() is None, f"the API server at {base} exited during start-up"
+    async with httpx.AsyncClient() as client:
+        with contextlib.suppress(httpx.HTTPError):
+            return (await client.get(f"{base}/health", timeout=1)).status_code == 200
+    return False
 
 
 async def make_job(db: asyncpg.Connection, epochs: int = 5) -> str:
