@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from litestar import Litestar
+from litestar.datastructures import State
 
 from services.api.cache import ResponseCache
 from shared import keys
@@ -27,6 +28,11 @@ class Resources:
     emitter: AsyncEmitter
     metrics_cache: ResponseCache = field(default_factory=ResponseCache)
     """Encoded metrics responses, keyed by the job's last event id (see services/api/cache)."""
+
+
+def resources_of(state: State) -> Resources:
+    """The running app's resources (set by `lifespan`), for route handlers."""
+    return state.resources  # type: ignore[no-any-return,unused-ignore]
 
 
 @asynccontextmanager
