@@ -66,8 +66,7 @@ def _terminate_on_sigterm() -> None:
 
 async def _prepare_database(settings: Settings, demo: bool) -> None:
     from shared.datasets import list_names, write_synthetic
-    from shared.db import connect, migrate
-    from shared.db.migrate import wait_for_database
+    from shared.db import connect, migrate, wait_for_database
 
     assert settings.database_url
     await wait_for_database(settings.database_url)
