@@ -288,10 +288,10 @@ async def _completed(http: httpx.AsyncClient, job_id: str) -> bool:
 
 
 async def test_token_is_asked_for_kept_and_sent(
-    page: Page, settings: Settings, tmp_path: Path
+    page: Page, settings: Settings, tmp_path: Path, db: asyncpg.Connection
 ) -> None:
     """With HEIMDALL_API_TOKEN set, a 401 brings up the token dialog; the token is then kept
-    and sent as a bearer header (REST) and as ?token= (WebSocket, downloads)."""
+    and sent as a bearer header (REST, downloads) and as ?token= (WebSocket only)."""
     secured = replace(settings, api_token="s3cret-token")
     async with serve_api(secured) as base:
         async with httpx.AsyncClient(
@@ -309,6 +309,22 @@ async def test_token_is_asked_for_kept_and_sent(
         await page.reload()
         await page.wait_for_selector('.connection[data-state="live"]')
         assert await page.locator("#token-dialog[open]").count() == 0
+        # A download is a fetch with the header: REST routes refuse ?token=.
+        job_dir = secured.artifacts_dir / job_id
+        job_dir.mkdir(parents=True)
+        (job_dir / "model.onnx").write_bytes(b"onnx bytes")
+        await db.execute(
+            "UPDATE training_jobs SET onnx_model_path = $2 WHERE id = $1::uuid",
+            job_id,
+            str(job_dir / "model.onnx"),
+        )
+        await page.reload()
+        async with page.expect_download() as info:
+            await page.click("a[data-artifact=onnx]")
+        download = await info.value
+        saved = Path(await download.path())
+        assert await asyncio.to_thread(saved.read_bytes) == b"onnx bytes"
+        assert download.suggested_filename == f"{job_id}-model.onnx"
 
 
 async def test_screenshots(

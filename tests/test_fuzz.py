@@ -1,8 +1,11 @@
-"""Schemathesis against the live API's own OpenAPI schema: no generated request gets a 500."""
+"""Schemathesis against the live API's own OpenAPI schema: no generated request gets a 500; and
+the hostile requests it does not generate (deep JSON, overflowing numbers and ids, foreign
+content types, uploaded files, WebSocket junk), each with the answer it must get."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -10,10 +13,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import asyncpg
 import httpx
 import pytest
+import websockets
 
 from shared.db import connect, migrate
 from shared.net import free_port
@@ -116,3 +121,135 @@ def test_no_generated_request_gets_a_server_error(api_url: str, tmp_path: Path) 
     for path in ("{job_id}/metrics", "{job_id}/events", "/datasets/{name}"):
         assert f"{path}\n" not in done.stdout.split("Missing test data")[-1], done.stdout[-3000:]
     assert "testcase" in report.read_text()  # it really ran operations
+
+
+# What schemathesis does not generate: depth, overflow, content types, files. Each probe is a
+# raw request against the real server (uvicorn in a subprocess) with the status it must get and
+# words its detail must hold; the fixture's teardown also fails on any "unhandled error" logged.
+JOBS = "/api/v1/training/jobs"
+JSON = "application/json"
+DEEP = b"[" * 1000
+HUGE = "9" * 25
+MULTIPART = (
+    b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.wav"\r\n\r\nRIFF\r\n--b--'
+)
+
+
+def _job_body(**fields: Any) -> bytes:
+    return json.dumps({"job_name": "probe", "config": {"epochs": 1}, **fields}).encode()
+
+
+class Probe(NamedTuple):
+    name: str
+    method: str
+    path: str
+    """`{job}` stands for a real job's URL."""
+    status: int
+    words: str = ""
+    """Words the error's detail must hold."""
+    body: bytes = b""
+    content_type: str | None = JSON
+
+
+PROBES = [
+    # depth
+    Probe("deep array", "POST", JOBS, 400, "nested deeper", DEEP),
+    Probe("deep object", "POST", JOBS, 400, "nested deeper", b'{"a":' * 900 + b"1" + b"}" * 900),
+    Probe("deep config", "POST", JOBS, 400, "nested", b'{"job_name":"x","config":' + DEEP),
+    Probe("brackets in a string", "POST", JOBS, 201, "", _job_body(job_name="[{" * 100)),
+    # overflow
+    Probe("seed 10^25", "POST", JOBS, 400, "seed", _job_body(config={"seed": int(HUGE)})),
+    Probe(
+        "epochs 1e400",
+        "POST",
+        JOBS,
+        400,
+        "out of range",
+        b'{"job_name":"x","config":{"epochs":1e400}}',
+    ),
+    Probe("limit 10^25", "GET", f"{JOBS}?limit={HUGE}", 400, "limit"),
+    Probe("offset 10^25", "GET", f"{JOBS}?offset={HUGE}", 400, "offset"),
+    Probe("after ms 10^20", "GET", "{job}/events?after=99999999999999999999-0", 400, "2^64"),
+    Probe("after seq 10^20", "GET", "{job}/events?after=1-99999999999999999999", 400, "2^64"),
+    Probe("after in Arabic digits", "GET", "{job}/events?after=%D9%A1-%D9%A2", 400, "event id"),
+    Probe("after the largest id", "GET", f"{{job}}/events?after={2**64 - 1}-{2**64 - 1}", 200),
+    Probe("after seq 2^64-1", "GET", f"{{job}}/events?after=1-{2**64 - 1}", 200),
+    Probe("name of 2 MB", "POST", JOBS, 413, "", _job_body(job_name="x" * 2 * 10**6)),
+    # content types
+    Probe("text/plain form", "POST", JOBS, 415, "application/json", _job_body(), "text/plain"),
+    Probe(
+        "urlencoded form",
+        "POST",
+        JOBS,
+        415,
+        "json",
+        b"job_name=x",
+        "application/x-www-form-urlencoded",
+    ),
+    Probe("no content type", "POST", JOBS, 415, "none given", _job_body(), None),
+    Probe("json; charset", "POST", JOBS, 201, "", _job_body(), "application/json; charset=utf-8"),
+    Probe("text/plain cancel", "POST", "{job}/cancel", 415, "json", b"", "text/plain"),
+    # files
+    Probe(
+        "multipart upload", "POST", JOBS, 415, "json", MULTIPART, "multipart/form-data; boundary=b"
+    ),
+    Probe("binary body", "POST", JOBS, 415, "json", b"\0" * 64, "application/octet-stream"),
+    Probe("artifact traversal", "GET", "{job}/artifacts/..%2F..%2Fetc%2Fpasswd", 404),
+    Probe("no artifact yet", "GET", "{job}/artifacts/checkpoint", 404, "no checkpoint"),
+]
+
+
+@pytest.mark.parametrize("probe", PROBES, ids=[p.name for p in PROBES])
+def test_hostile_request(api_url: str, probe: Probe) -> None:
+    url = api_url + probe.path.format(job=f"{JOBS}/{_probe_job(api_url)}")
+    headers = {"content-type": probe.content_type} if probe.content_type else {}
+    resp = httpx.request(probe.method, url, headers=headers, content=probe.body, timeout=30)
+    assert resp.status_code == probe.status, resp.text[:500]
+    detail = resp.json().get("detail", "") if probe.status >= 400 else ""
+    assert probe.words.lower() in detail.lower(), detail
+    for leak in ("query argument", "asyncpg", "Traceback", "Invalid stream ID"):
+        assert leak not in resp.text
+
+
+_jobs: dict[str, str] = {}
+
+
+def _probe_job(api_url: str) -> str:
+    """One job for the probes under /jobs/{id} (made once per server)."""
+    if api_url not in _jobs:
+        resp = httpx.post(f"{api_url}{JOBS}", json={"job_name": "probes", "config": {"epochs": 1}})
+        _jobs[api_url] = resp.json()["id"]
+    return _jobs[api_url]
+
+
+async def test_hostile_websocket_messages(api_url: str) -> None:
+    """A message nested 1100 deep, binary junk, and overflowing `?after=` ids."""
+    job = _probe_job(api_url)
+    base = api_url.replace("http", "ws", 1) + f"/ws/training/{job}"
+    async with websockets.connect(base) as ws:
+        assert json.loads(await ws.recv())["event"] == "connected"
+        for junk, words in [
+            ("[" * 1100, "nested deeper"),
+            ('{"event":' * 1100, "nested deeper"),
+            (b"\xff\xfe", "malformed"),
+            ("null", "unknown message"),
+        ]:
+            await ws.send(junk)
+            assert words in (await _next_of(ws, "error"))["message"]
+        await ws.send('{"event": "ping"}')
+        assert (await _next_of(ws, "pong"))["event"] == "pong"  # still up
+    for after in ["99999999999999999999-0", "1-99999999999999999999", "x"]:
+        async with websockets.connect(f"{base}?after={after}") as ws:
+            error = await _next_of(ws, "error")
+            assert "event id" in json.dumps(error)
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await ws.recv()
+            assert ws.close_code == 4400 and "event id" in (ws.close_reason or "")
+
+
+async def _next_of(ws: Any, event: str) -> dict[str, Any]:
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if message.get("event") == event:
+            return message  # type: ignore[no-any-return]

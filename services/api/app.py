@@ -14,6 +14,7 @@ from services.api.dashboard import dashboard_routes
 from services.api.datasets import DatasetsController
 from services.api.errors import EXCEPTION_HANDLERS
 from services.api.health import health, ready
+from services.api.inputs import check_request
 from services.api.jobs import JobsController
 from services.api.observability import PROMETHEUS, metrics
 from services.api.resources import lifespan
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=handlers,
         lifespan=[lifespan(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=check_request,
         guards=[token_guard(settings.api_token)] if settings.api_token else [],
         middleware=[PROMETHEUS.middleware],
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins))

@@ -15,11 +15,16 @@ OPEN_PATHS = frozenset({"/health"})
 
 
 def presented_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The bearer token of the `Authorization` header; on WebSocket routes only (browsers
+    cannot set headers there) also `?token=`, which elsewhere would put the secret in URLs,
+    proxy logs and browser history."""
     header = connection.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value:
         return value.strip()
-    return connection.query_params.get("token")
+    if connection.scope["type"] == "websocket":
+        return connection.query_params.get("token")
+    return None
 
 
 def token_guard(expected: str) -> Guard:
@@ -33,6 +38,9 @@ def token_guard(expected: str) -> Guard:
             return
         given = presented_token(connection)
         if given is None or not hmac.compare_digest(given.encode(), expected_bytes):
-            raise NotAuthorizedException("a valid bearer token is required")
+            raise NotAuthorizedException(
+                "a valid bearer token is required (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     return guard

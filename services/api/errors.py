@@ -64,12 +64,21 @@ def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> R
 
 
 def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    return Response(_body(exc.status_code, exc.detail, exc.extra), status_code=exc.status_code)
+    """Litestar's own errors; their headers (`WWW-Authenticate`, `Allow`...) are kept."""
+    return Response(
+        _body(exc.status_code, exc.detail, exc.extra),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
 
 
-def data_error_handler(_: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[Any]:
-    """A value the database cannot hold (an out-of-range number, say) is the caller's error."""
-    return Response(_body(400, f"invalid value: {exc}"), status_code=400)
+def data_error_handler(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[Any]:
+    """A value the database cannot hold (an out-of-range number, say) is the caller's error.
+    The driver's message speaks of query arguments and encodings, not of the request's fields,
+    so it goes to the log, never into the answer."""
+    log.warning("value refused by the database", path=request.url.path, error=str(exc))
+    detail = "a value in the request is out of range or holds characters that cannot be stored"
+    return Response(_body(400, detail), status_code=400)
 
 
 def unexpected_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

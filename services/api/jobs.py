@@ -18,7 +18,7 @@ from litestar.response import File
 from msgspec import Meta
 from redis.exceptions import RedisError
 
-from services.api import store, views
+from services.api import inputs, store, views
 from services.api.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.api.resources import Resources
 from services.tracking import delete_tracking
@@ -93,6 +93,7 @@ class JobsController(Controller):
             data = _strict_decoder.decode(await request.body())
         except msgspec.ValidationError as exc:
             raise InvalidInput(str(exc), _field_of(str(exc))) from None
+        data.job_name = inputs.job_name(data.job_name)
         try:
             data.config.check()
         except ConfigError as exc:
@@ -252,7 +253,7 @@ class JobsController(Controller):
     async def artifact(self, job_id: FromPath[str], kind: FromPath[str], state: State) -> File:
         res = _res(state)
         row = await _job_or_404(res, job_id)
-        column = {"checkpoint": "checkpoint_path", "onnx": "onnx_model_path"}.get(kind)
+        column = ARTIFACT_COLUMNS.get(kind)
         if column is None:
             raise NotFound(f"no artifact kind {kind!r}; use 'checkpoint' or 'onnx'")
         stored = row[column]
@@ -261,7 +262,13 @@ class JobsController(Controller):
         path = _inside_job_dir(res.settings.artifacts_dir, job_id, stored)
         if path is None or not path.is_file():
             raise NotFound(f"the {kind} file of job {job_id} is missing")
-        return File(path=path, filename=f"{job_id}-{path.name}")
+        # Guessed from the suffix, `.pt` would go out as a SNES page table.
+        return File(
+            path=path, filename=f"{job_id}-{path.name}", media_type="application/octet-stream"
+        )
+
+
+ARTIFACT_COLUMNS = {"checkpoint": "checkpoint_path", "onnx": "onnx_model_path"}
 
 
 def _job_dir(artifacts_dir: Path, job_id: str) -> Path:

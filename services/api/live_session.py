@@ -21,9 +21,11 @@ from litestar import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 
 from services.api import live_messages as msg
+from services.api.inputs import decode_json
 from services.api.live_hub import FEED_TOO_SLOW, FeedLost, LiveItem, Subscription
 from services.api.resources import Resources
 from shared import live_state
+from shared.errors import InvalidInput
 from shared.event_log import StoredEvent, events_after
 from shared.events import EpochCompleted, JobWarning, decode_event, parse_event_id
 
@@ -154,9 +156,9 @@ async def receive_loop(socket: WebSocket[Any, Any, Any], sender: Sender) -> None
         if data is None:
             data = message.get("bytes") or b""
         try:
-            decoded = msgspec.json.decode(data)
-        except msgspec.DecodeError:
-            await sender.send(msg.error('malformed message: expected JSON like {"event": "ping"}'))
+            decoded = decode_json(data)
+        except InvalidInput as exc:
+            await sender.send(msg.error(f'{exc.detail}; expected JSON like {{"event": "ping"}}'))
             continue
         if isinstance(decoded, dict) and decoded.get("event") == "ping":
             await sender.send(msg.pong())

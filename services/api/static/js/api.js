@@ -48,7 +48,8 @@ export function setToken(token) {
   else localStorage.removeItem(TOKEN_KEY);
 }
 
-/** `url` with `?token=` added when a token is set (links and WebSockets cannot send headers). */
+/** `url` with `?token=` added when a token is set (WebSockets cannot send headers; the API
+ * accepts `?token=` on WebSocket routes only). */
 export function withToken(url) {
   const token = getToken();
   if (!token) return url;
@@ -57,6 +58,24 @@ export function withToken(url) {
   return u.protocol.startsWith("http") && u.origin === location.origin
     ? u.pathname + u.search
     : u.toString();
+}
+
+/** Saves the file at `path` (an artifact): with a token it is fetched with the bearer header
+ * (REST routes never take `?token=`, which would leave the secret in URLs and logs). */
+export async function download(path) {
+  const token = getToken();
+  const resp = await fetch(path, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+  if (!resp.ok) {
+    const body = await resp.json().catch(() => null);
+    throw new ApiError(resp.status, body ?? { detail: `HTTP ${resp.status}` });
+  }
+  const disposition = resp.headers.get("content-disposition") || "";
+  const name = disposition.match(/filename="?([^";]+)"?/)?.[1] || path.split("/").pop();
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await resp.blob());
+  link.download = name;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
 }
 
 let pendingAsk = null;

@@ -1,6 +1,6 @@
 // One job: status, progress and ETA, live charts over the WebSocket, actions and artifacts.
 
-import { JOBS, api, withToken } from "../api.js";
+import { JOBS, api, download, getToken } from "../api.js";
 import {
   badge,
   duration,
@@ -162,9 +162,16 @@ export function jobView(root, { params: [jobId] }) {
                 "a",
                 {
                   class: "button",
-                  href: withToken(`${url}/artifacts/${kind}`),
+                  href: `${url}/artifacts/${kind}`,
                   download: "",
                   dataset: { artifact: kind },
+                  onclick: (event) => {
+                    if (!getToken()) return; // the plain link needs no header
+                    event.preventDefault();
+                    download(`${url}/artifacts/${kind}`).catch((error) =>
+                      actionError.replaceChildren(errorBox(error)),
+                    );
+                  },
                 },
                 `⬇ ${text}`,
               ),
