@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from shared.dataset_names import DatasetName
+
 SEED_ARCHITECTURES = ("convnext_tiny", "convnext_small", "convnext_large")
 SMALL_ARCHITECTURES = ("convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano")
 
@@ -26,8 +28,6 @@ Architecture = Literal[
 ]
 Scheduler = Literal["cosine", "step", "plateau"]
 Accelerator = Literal["gpu", "cpu"]
-
-DatasetName = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 class ConfigError(ValueError):
