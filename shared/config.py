@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from shared.dataset_names import DatasetName
+
 Architecture = Literal[
     "convnext_tiny",
     "convnext_small",
@@ -23,8 +25,6 @@ Architecture = Literal[
 ]
 Scheduler = Literal["cosine", "step", "plateau"]
 Accelerator = Literal["gpu", "cpu"]
-
-DatasetName = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 class ConfigError(ValueError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +11,10 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from shared.dataset_names import dataset_dir, inside
+from shared.signals import read_signal
 from shared.synth import synth_dataset
-from shared.wavio import SignalFileError, read_wav, write_wav
+from shared.wavio import write_wav
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,37 +37,60 @@ async def ensure_dataset(conn: asyncpg.Connection, name: str, description: str =
     )
 
 
+RECORDING_NAMESPACE = uuid.UUID("6d1f5a8e-3c47-4a8e-9a51-8f2b64f0c1d3")
+
+
+def recording_id(dataset: str, name: str, digest: str) -> str:
+    """A content-derived id: the same content under the same name in the same dataset always
+    gets the same id, so a split seeded alike is alike, and a re-import adds nothing twice."""
+    return str(uuid.uuid5(RECORDING_NAMESPACE, f"{dataset}\0{name}\0{digest}"))
+
+
+_COLUMNS = (
+    "id", "dataset", "path", "label", "snr_db", "approved", "sample_rate", "duration_s", "channels"
+)  # fmt: skip
+
+
 async def add_recordings(conn: asyncpg.Connection, dataset: str, rows: list[Recording]) -> int:
-    """Insert recordings in one COPY; returns how many were added."""
-    await conn.copy_records_to_table(
-        "recordings",
-        columns=[
-            "id",
-            "dataset",
-            "path",
-            "label",
-            "snr_db",
-            "approved",
-            "sample_rate",
-            "duration_s",
-            "channels",
-        ],
-        records=[
-            (
-                uuid.UUID(r.id),
-                dataset,
-                r.path,
-                r.label,
-                r.snr_db,
-                r.approved,
-                r.sample_rate,
-                r.duration_s,
-                r.channels,
-            )
-            for r in rows
-        ],
-    )
-    return len(rows)
+    """Insert recordings (one COPY into a scratch table, one INSERT); ids already present are
+    skipped, so importing or synthesising the same files again adds nothing. Returns how many
+    were added."""
+    async with conn.transaction():
+        await conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS recordings_in (LIKE recordings INCLUDING DEFAULTS);"
+            " TRUNCATE recordings_in"
+        )
+        await conn.copy_records_to_table(
+            "recordings_in",
+            columns=list(_COLUMNS),
+            records=[
+                (
+                    uuid.UUID(r.id),
+                    dataset,
+                    r.path,
+                    r.label,
+                    r.snr_db,
+                    r.approved,
+                    r.sample_rate,
+                    r.duration_s,
+                    r.channels,
+                )
+                for r in rows
+            ],
+        )
+        cols = ", ".join(_COLUMNS)
+        status = await conn.execute(
+            f"INSERT INTO recordings ({cols}) SELECT {cols} FROM recordings_in"
+            " ON CONFLICT (id) DO NOTHING"
+        )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def synthetic_id(dataset: str, label: str, samples: np.ndarray) -> str:
+    """A content-derived id (label and samples), so the same `--seed` gives the same ids and
+    therefore the same split."""
+    digest = hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
+    return recording_id(dataset, label, digest)
 
 
 async def write_synthetic(
@@ -78,74 +103,34 @@ async def write_synthetic(
     duration_s: float = 0.5,
     sample_rate: int = 8000,
 ) -> int:
-    """Generate `samples` synthetic recordings: WAV files on disk plus their rows."""
+    """Generate `samples` synthetic recordings: WAV files under the dataset's folder (never
+    outside it) plus their rows. IQ recordings are written as two-channel float32 WAV."""
+    folder = dataset_dir(datasets_dir, name)
     await ensure_dataset(conn, name, "synthetic RF recordings")
     rows = []
     for rec in synth_dataset(samples, seed=seed, duration_s=duration_s, sample_rate=sample_rate):
-        rid = str(uuid.uuid4())
-        path = datasets_dir / name / rec.label / f"{rid}.wav"
-        write_wav(path, rec.samples, rec.sample_rate)
+        rid = synthetic_id(name, rec.label, rec.samples)
+        path = inside(folder, folder / rec.label / f"{rid}.wav")
+        iq = rec.samples.ndim == 2
+        write_wav(path, rec.samples, rec.sample_rate, subtype="FLOAT" if iq else "PCM_16")
         rows.append(
             Recording(
                 id=rid,
-                path=str(path.resolve()),
+                path=str(path),
                 label=rec.label,
                 snr_db=rec.snr_db,
                 approved=rec.approved,
                 sample_rate=rec.sample_rate,
-                duration_s=rec.samples.size / rec.sample_rate,
-                channels=1,
+                duration_s=rec.samples.shape[0] / rec.sample_rate,
+                channels=2 if iq else 1,
             )
         )
     return await add_recordings(conn, name, rows)
 
 
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "y", "t"}
-
-
-def scan_import_dir(root: Path) -> list[Recording]:
-    """Recordings from `root/<class>/*.wav`, with `root/manifest.csv` (file, label, snr_db,
-    approved) overriding labels and filling SNR and approval. Raises ValueError with the file
-    name for anything unreadable."""
-    if not root.is_dir():
-        raise ValueError(f"{root} is not a directory")
-    manifest: dict[str, dict[str, str]] = {}
-    manifest_path = root / "manifest.csv"
-    if manifest_path.exists():
-        with manifest_path.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                if "file" not in row:
-                    raise ValueError(f"{manifest_path}: needs a 'file' column")
-                manifest[row["file"]] = row
-    rows = []
-    for path in sorted(root.glob("*/*.wav")):
-        rel = str(path.relative_to(root))
-        meta = manifest.get(rel) or manifest.get(path.name) or {}
-        try:
-            samples, rate = read_wav(path)
-        except SignalFileError as exc:
-            raise ValueError(str(exc)) from None
-        snr = meta.get("snr_db")
-        rows.append(
-            Recording(
-                id=str(uuid.uuid4()),
-                path=str(path.resolve()),
-                label=meta.get("label") or path.parent.name,
-                snr_db=float(snr) if snr not in (None, "") else None,
-                approved=_truthy(meta["approved"]) if meta.get("approved") else True,
-                sample_rate=rate,
-                duration_s=samples.shape[1] / rate,
-                channels=samples.shape[0],
-            )
-        )
-    if not rows:
-        raise ValueError(f"{root}: no WAV files found in class sub-folders (<class>/<file>.wav)")
-    return rows
-
-
 async def summarize(conn: asyncpg.Connection, name: str) -> dict[str, Any] | None:
-    """Counts per class, approved count and SNR range of one dataset; None if it does not exist."""
+    """Counts per class, approved count, SNR range, sample rates (recordings per rate), channels
+    (real / IQ recordings) and durations of one dataset; None if it does not exist."""
     ds = await conn.fetchrow(
         "SELECT name, description, created_at FROM datasets WHERE name=$1", name
     )
@@ -154,12 +139,19 @@ async def summarize(conn: asyncpg.Connection, name: str) -> dict[str, Any] | Non
     stats = await conn.fetchrow(
         "SELECT count(*) AS n, count(*) FILTER (WHERE approved) AS approved,"
         " min(snr_db) AS snr_min, max(snr_db) AS snr_max,"
-        " coalesce(sum(duration_s), 0) AS seconds FROM recordings WHERE dataset=$1",
+        " coalesce(sum(duration_s), 0) AS seconds, min(duration_s) AS shortest,"
+        " max(duration_s) AS longest, count(*) FILTER (WHERE channels = 2) AS iq"
+        " FROM recordings WHERE dataset=$1",
         name,
     )
     classes = await conn.fetch(
         "SELECT label, count(*) AS n FROM recordings WHERE dataset=$1"
         " GROUP BY label ORDER BY label",
+        name,
+    )
+    rates = await conn.fetch(
+        "SELECT sample_rate, count(*) AS n FROM recordings WHERE dataset=$1"
+        " GROUP BY sample_rate ORDER BY sample_rate",
         name,
     )
     return {
@@ -171,6 +163,13 @@ async def summarize(conn: asyncpg.Connection, name: str) -> dict[str, Any] | Non
         "snr_db_min": stats["snr_min"],
         "snr_db_max": stats["snr_max"],
         "total_duration_s": float(stats["seconds"]),
+        "sample_rates": {str(r["sample_rate"]): r["n"] for r in rates},
+        "channels": {"real": stats["n"] - stats["iq"], "iq": stats["iq"]},
+        "duration_s": {
+            "min": stats["shortest"],
+            "max": stats["longest"],
+            "total": float(stats["seconds"]),
+        },
     }
 
 
@@ -196,5 +195,6 @@ async def select_recordings(
     return [Recording(**dict(r)) for r in rows]
 
 
-def load_signal(path: str) -> tuple[np.ndarray, int]:
-    return read_wav(Path(path))
+def load_signal(path: str, max_frames: int | None = None) -> tuple[np.ndarray, int]:
+    """A recording's samples (channels, n) and rate; at most `max_frames` frames."""
+    return read_signal(Path(path), max_frames)

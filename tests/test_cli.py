@@ -158,4 +158,4 @@ def test_data_import_reads_class_folders_and_manifest(data_dir: Path, tmp_path: 
     none = _heimdall(
         "data", "import", str(tmp_path / "empty"), "--dataset", "x", "--data-dir", str(data_dir)
     )
-    assert none.returncode == 2 and "no WAV files" in none.stderr
+    assert none.returncode == 2 and "no recordings found" in none.stderr

