@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -186,11 +187,13 @@ async def test_mlflow_file_store_run_has_params_metrics_and_model(
 
     job_id = "mlflow-job"
     uri = (tmp_path / "mlruns").as_uri()
+    environment = dict(os.environ)
     await emit_job(settings, redis_client, job_id)
     await asyncio.wait_for(
         track_job(settings, redis_client, job_id, CONFIG, mlflow_uri=uri, tensorboard=False),
         timeout=120,
     )
+    assert dict(os.environ) == environment, "MLflow's settings leaked into the environment"
 
     events = await stream_events(redis_client, job_id)
     assert not [e for e in events if isinstance(e, JobWarning)]

@@ -50,5 +50,8 @@ def create_app(settings: Settings) -> Litestar:
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
         request_max_body_size=settings.max_body_bytes,
+        # Logging is the process's (shared/logs.py): Litestar's default config would put its own
+        # plain-text handler on the root logger.
+        logging_config=None,
         debug=False,
     )

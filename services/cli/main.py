@@ -148,6 +148,9 @@ def api(
             host=settings.host,
             port=settings.port,
             log_level="warning",
+            # uvicorn's own logging config would give its loggers their own plain-text
+            # handlers; without it their records reach the root handler (JSON when asked).
+            log_config=None,
             ws_max_size=64 * 1024,
             # Status messages are ~500 bytes; per-message deflate costs more CPU than it saves
             # and dominated fan-out time in bench/push_latency.py (p99 660 ms → 54 ms at 100

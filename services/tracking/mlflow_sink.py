@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -32,13 +31,27 @@ UPLOAD_TIMEOUT_FACTOR = 10
 # MLflow's own HTTP defaults (7 retries with exponential backoff, 120 s per request) would
 # keep a thread busy for minutes against a dead server; an operator's explicit values win.
 HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": 1,
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": 1,
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": 5,
 }
 
 FILE_STORE_OPT_IN = "MLFLOW_ALLOW_FILE_STORE"
 """MLflow 3 refuses its file store unless this is set; an explicit `file:` URI is that choice."""
+
+
+def _mlflow_defaults(file_store: bool) -> None:
+    """Our defaults for MLflow's settings, as the defaults of MLflow's own setting objects:
+    an `MLFLOW_*` variable an operator sets still wins, and `os.environ` (which the training
+    processes and every other library inherit) stays as the process was started."""
+    from mlflow import environment_variables as variables
+
+    defaults: dict[str, object] = dict(HTTP_DEFAULTS)
+    if file_store:
+        defaults[FILE_STORE_OPT_IN] = True
+    for name, value in defaults.items():
+        getattr(variables, name).default = value
+
 
 MAX_PARAM_LENGTH = 6000
 """MLflow's limit on one param value."""
@@ -77,10 +90,7 @@ class _Run:
     """The blocking MLflow calls for one run; used from one thread at a time."""
 
     def __init__(self, uri: str) -> None:
-        for name, value in HTTP_DEFAULTS.items():
-            os.environ.setdefault(name, value)
-        if _is_file_store(uri):
-            os.environ.setdefault(FILE_STORE_OPT_IN, "true")
+        _mlflow_defaults(_is_file_store(uri))
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
