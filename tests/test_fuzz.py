@@ -19,9 +19,11 @@ import asyncpg
 import httpx
 import pytest
 import websockets
+from support.cli import heimdall, service_env
 
 from shared.db import connect, migrate
 from shared.net import free_port
+from shared.settings import Settings
 
 
 async def _fresh_database(admin_url: str) -> str:
@@ -47,21 +49,12 @@ def api_url(store_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactor
     redis_url, admin_url = store_urls
     database_url = asyncio.run(_fresh_database(admin_url))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
-    env.update(
-        HEIMDALL_REDIS_URL=redis_url,
-        HEIMDALL_DATABASE_URL=database_url,
-        HEIMDALL_DATA_DIR=str(tmp_path_factory.mktemp("fuzz")),
-        HEIMDALL_PORT=str(port),
-        HEIMDALL_LOG_LEVEL="WARNING",
-    )
-    log = Path(env["HEIMDALL_DATA_DIR"]) / "api.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "api"], env=env, stdout=out, stderr=out
-        )
+    data_dir = tmp_path_factory.mktemp("fuzz")
+    settings = Settings(redis_url=redis_url, database_url=database_url, data_dir=data_dir)
+    env = service_env(settings, HEIMDALL_PORT=str(port), HEIMDALL_LOG_LEVEL="WARNING")
+    log = data_dir / "api.log"
     base = f"http://127.0.0.1:{port}"
-    try:
+    with heimdall("api", env=env, log=log) as proc:
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -73,10 +66,7 @@ def api_url(store_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactor
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        assert "unhandled error" not in log.read_text(), log.read_text()
+    assert "unhandled error" not in log.read_text(), log.read_text()
 
 
 def test_no_generated_request_gets_a_server_error(api_url: str, tmp_path: Path) -> None:
