@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from shared.dataset_names import DatasetName
+from shared.errors import InvalidInput
 
 Architecture = Literal[
     "convnext_tiny",
@@ -27,12 +28,8 @@ Scheduler = Literal["cosine", "step", "plateau"]
 Accelerator = Literal["gpu", "cpu"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInput):
     """A config that cannot be trained; `field` names the offending key."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 class TrainingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -15,6 +15,8 @@ from typing import Annotated
 
 from msgspec import Meta
 
+from shared.errors import InvalidInput
+
 PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
 RULE = "1-100 characters of letters, digits, '_', '.' and '-', starting with a letter, digit or '_'"
 
@@ -24,7 +26,7 @@ DatasetName = Annotated[str, Meta(min_length=1, max_length=100, pattern=PATTERN)
 _NAME = re.compile(PATTERN)
 
 
-class InvalidDatasetName(ValueError):
+class InvalidDatasetName(InvalidInput):
     """A dataset name that breaks the rule; the message quotes it and states the rule."""
 
 

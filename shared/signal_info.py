@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.errors import InvalidInput
+
 MIN_SAMPLE_RATE = 1
 MAX_SAMPLE_RATE = 100_000_000
 """Sample rates accepted at import (1 Hz to 100 MHz): beyond that a header is more likely
@@ -16,7 +18,7 @@ corrupt than real, and resampling costs grow with the rate."""
 MAX_CHANNELS = 2
 
 
-class SignalFileError(ValueError):
+class SignalFileError(InvalidInput):
     """A signal file that cannot be used; the message says why (the caller names the file)."""
 
 

@@ -20,7 +20,12 @@ from shared.errors import Conflict, HeimdallError, InvalidInput, NotFound, Unava
 log = structlog.get_logger(__name__)
 
 
+class UnsupportedMediaType(InvalidInput):
+    """A body of a kind the route does not take (a form where JSON is expected)."""
+
+
 STATUS: dict[type[HeimdallError], int] = {
+    UnsupportedMediaType: 415,
     InvalidInput: 400,
     NotFound: 404,
     Conflict: 409,
@@ -107,4 +112,5 @@ __all__ = [
     "InvalidInput",
     "NotFound",
     "Unavailable",
+    "UnsupportedMediaType",
 ]

@@ -14,9 +14,8 @@ from typing import Any
 
 import msgspec
 from litestar import Request
-from litestar.exceptions import HTTPException
-from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
+from services.api.errors import UnsupportedMediaType
 from shared.errors import InvalidInput
 
 MAX_JSON_DEPTH = 32
@@ -91,9 +90,8 @@ async def check_request(request: Request[Any, Any, Any]) -> None:
     expected = request.route_handler.opt.get("body")
     if expected is not None:
         if content_type and not content_type.lower().startswith(expected):
-            raise HTTPException(
-                f"Content-Type must be {expected} (got {content_type[:80]!r})",
-                status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            raise UnsupportedMediaType(
+                f"Content-Type must be {expected} (got {content_type[:80]!r})"
             )
         return
     has_body = request.headers.get("content-length", "0") not in ("", "0") or (
@@ -103,10 +101,7 @@ async def check_request(request: Request[Any, Any, Any]) -> None:
         return  # a bare POST (cancel, pause...) carries nothing to misread
     if content_type is None or not _is_json(content_type):
         got = f"got {content_type[:80]!r}" if content_type else "none given"
-        raise HTTPException(
-            f"Content-Type must be application/json ({got})",
-            status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-        )
+        raise UnsupportedMediaType(f"Content-Type must be application/json ({got})")
     if too_deep(await request.body()):
         raise InvalidInput(f"request body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from shared.errors import HeimdallError
 
-class WorkerError(Exception):
+
+class WorkerError(HeimdallError):
     """A job that cannot run as configured; the message becomes the job's `error_message`."""
 
 
