@@ -179,12 +179,8 @@ class JobRunner:
             # Off the event loop: starting a process may take a while on a busy machine, and the
             # lease's heartbeat must go on meanwhile.
             await asyncio.to_thread(run.start)
-            log.info(
-                "training process started",
-                devices=config.devices,
-                attempt=attempt,
-                seed=spec.seed,
-            )
+            # The seed in use is logged by the trainer: a resumed run keeps its checkpoint's.
+            log.info("training process started", devices=config.devices, attempt=attempt)
             try:
                 return await self._supervise(job_id, run, watch, lost)
             except asyncio.CancelledError:
