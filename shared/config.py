@@ -1,4 +1,5 @@
-"""TrainingConfig: the seed's schema with its defaults and ranges, plus `dataset` and `seed`.
+"""TrainingConfig: the seed's schema with its defaults and ranges, plus `dataset`, `seed` and the
+extensions of the contract (each off, or as the seed behaved, by default).
 
 Every field has an effect in the worker; see `services/worker`. Validation happens once, at the
 API edge, through msgspec: unknown keys, wrong types and out-of-range values are rejected with
@@ -26,6 +27,16 @@ Architecture = Literal[
 ]
 Scheduler = Literal["cosine", "step", "plateau"]
 Accelerator = Literal["gpu", "cpu"]
+ClassWeighting = Literal["none", "balanced"]
+Precision = Literal["auto", "fp32", "bf16"]
+JobRef = Annotated[
+    str,
+    Meta(
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description="a job id (UUID)",
+    ),
+]
+Fraction = Annotated[float, Meta(ge=0.0, le=0.5)]
 
 
 class ConfigError(InvalidInput):
@@ -65,6 +76,38 @@ class TrainingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Extensions (contract)
     dataset: DatasetName = "default"
     seed: Annotated[int, Meta(ge=0, le=2**32 - 1)] | None = None
+    # Augmentation (issue 16): training batches only, never validation or test; all off by
+    # default. Waveform first (crop, noise, shift), then SpecAugment masks on the features.
+    aug_time_crop: Annotated[float, Meta(ge=0.0, le=0.9)] = 0.0
+    """Up to this fraction of each training waveform is cut: a random window of at least
+    (1 - aug_time_crop) of its length is kept, moved to the start, the rest zero."""
+    aug_noise_snr_db_min: Annotated[float, Meta(ge=-30.0, le=100.0)] | None = None
+    """White noise at an SNR drawn per waveform from [min, max] dB; None: no noise."""
+    aug_noise_snr_db_max: Annotated[float, Meta(ge=-30.0, le=100.0)] = 30.0
+    aug_freq_shift_hz: Annotated[float, Meta(ge=0.0, le=1e9)] = 0.0
+    """IQ recordings only: each training waveform is shifted in frequency by a random amount
+    in [-x, +x] Hz (a real signal has no sign of frequency to shift; a job on real recordings
+    says so in a warning and trains without it)."""
+    aug_time_masks: Annotated[int, Meta(ge=0, le=10)] = 0
+    """SpecAugment: this many time masks (frames set to the mean) per training example."""
+    aug_time_mask_width: Fraction = 0.1
+    """Widest time mask, as a fraction of the frames (each width is drawn from 0 to it)."""
+    aug_freq_masks: Annotated[int, Meta(ge=0, le=10)] = 0
+    """SpecAugment: this many frequency masks (bands set to the mean) per training example."""
+    aug_freq_mask_width: Fraction = 0.1
+    """Widest frequency mask, as a fraction of the bands."""
+    # Fine-tuning, loss and optimisation (issue 16)
+    init_from_job: JobRef | None = None
+    """Start from that job's best checkpoint (same architecture; the head is re-initialised
+    when its classes differ)."""
+    class_weighting: ClassWeighting = "none"
+    """`balanced`: loss weights inversely proportional to the train split's class counts."""
+    label_smoothing: Annotated[float, Meta(ge=0.0, le=0.5)] = 0.0
+    grad_clip_norm: Annotated[float, Meta(gt=0.0, le=1e6)] | None = None
+    """Clip the gradients' total norm to this before each step; None: no clipping."""
+    precision: Precision = "auto"
+    """`auto`: float16 autocast on GPUs, float32 on CPUs; `bf16`: bfloat16 autocast (CPUs
+    with native bf16, or GPUs); `fp32`: no autocast."""
 
     def check(self) -> None:
         """Rules across fields, which per-field constraints cannot express."""
@@ -78,6 +121,22 @@ class TrainingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 f"n_mels ({self.n_mels}) must not exceed n_fft // 2 + 1 ({self.n_fft // 2 + 1}),"
                 " the number of frequency bins",
                 "n_mels",
+            )
+        self._check_training()
+
+    def _check_training(self) -> None:
+        if self.freeze_backbone and not (self.pretrained or self.init_from_job):
+            raise ConfigError(
+                "freeze_backbone trains the head alone, on the features of a trained backbone:"
+                " it needs pretrained=true or init_from_job (a backbone of random weights would"
+                " stay random)",
+                "freeze_backbone",
+            )
+        low, high = self.aug_noise_snr_db_min, self.aug_noise_snr_db_max
+        if low is not None and low > high:
+            raise ConfigError(
+                f"aug_noise_snr_db_min ({low}) must not exceed aug_noise_snr_db_max ({high})",
+                "aug_noise_snr_db_min",
             )
 
     def to_dict(self) -> dict[str, Any]:

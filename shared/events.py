@@ -44,6 +44,19 @@ class JobStarted(Event, tag="job_started"):
     """Training batches per epoch."""
     start_epoch: int = 1
     device: str = "cpu"
+    seed: int | None = None
+    """The seed in use: the config's, or the one drawn for the job (kept by every resume), so
+    any run can be repeated from what the API shows."""
+    warmup_steps: int = 0
+    """Warm-up steps in use (`warmup_epochs` times `total_batches`, at most half the run)."""
+    precision: str = "fp32"
+    """`fp32`, `fp16` or `bf16` (the autocast dtype in use)."""
+    threads: int = 0
+    """Torch threads of the (rank 0) training process."""
+    init_from_job: str | None = None
+    """The job whose best weights this run started from."""
+    head_reinitialised: bool = False
+    """With `init_from_job`: the classes differed, so the head started fresh."""
 
 
 class BatchPoint(msgspec.Struct, array_like=True):

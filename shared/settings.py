@@ -76,6 +76,13 @@ class Settings(EnvSettings):
     log_level: LogLevel = "INFO"
     """Minimum log level (any case in the environment)."""
 
+    max_jobs: Annotated[int, Meta(ge=1, le=256)] = 1
+    """How many jobs one worker trains at once (what `train_threads` divides the cores by)."""
+
+    train_threads: Annotated[int, Meta(ge=0, le=1024)] = 0
+    """Torch threads per training process, shared by its DataLoader workers; 0: the cores this
+    worker may use (its CPU affinity) divided among `max_jobs` jobs and each job's devices."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
 

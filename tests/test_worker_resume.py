@@ -150,7 +150,7 @@ def test_a_checkpoint_restores_every_part_it_saves(
     spec = make_spec(recordings, tmp_path)
     trained = prepare(spec)
     fit_features(trained, NeverStop())
-    train_epoch(trained, 1, 0.01, None, NeverStop())
+    train_epoch(trained, 1, None, NeverStop())
     trained.early.update(1, 0.5)
     saved = capture(trained, Position(2))
     fresh = prepare(spec)

@@ -26,7 +26,7 @@ from services.worker.errors import (
 )
 from services.worker.features import ExportLogMel, FeatureParams, LogMel
 from services.worker.hardware import check_accelerator
-from services.worker.model import build_model, head_prefix
+from services.worker.model import build_model
 from services.worker.optim import EarlyStopping, LrSchedule, build_optimizer
 from services.worker.process import Gate, claim
 from services.worker.progress import ListSink, NeverStop, ProgressReporter
@@ -181,22 +181,27 @@ def test_gpu_without_cuda_fails_clearly() -> None:
 @pytest.mark.parametrize(
     ("kind", "warmup", "expected"),
     [
-        ("cosine", 0, [1.0, 0.904508, 0.654508, 0.345492, 0.095492]),
-        ("cosine", 2, [1 / 3, 2 / 3, 1.0, 0.75, 0.25]),
-        ("step", 0, [1.0, 0.1, 0.01, 0.001, 0.0001]),
-        ("step", 2, [1 / 3, 2 / 3, 1.0, 0.1, 0.01]),
-        ("plateau", 1, [0.5, 1.0, 1.0, 1.0, 1.0]),
+        ("cosine", 0, [1.0, 0.975528, 0.904508, 0.793893, 0.654508, 0.5, 0.345492]),
+        ("cosine", 2, [0.2, 0.4, 0.6, 0.8, 1.0, 0.933013, 0.75]),
+        # Five epochs of warm-up in a five-epoch run: cut to half of it (5 of 10 steps).
+        ("cosine", 5, [1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0, 0.904508]),
+        ("step", 0, [1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.01]),
+        ("step", 2, [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 0.1]),
+        ("plateau", 1, [1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0, 1.0]),
     ],
 )
-def test_lr_schedule_and_warmup(kind: str, warmup: int, expected: list[float]) -> None:
+def test_lr_schedule_and_warmup_per_step(kind: str, warmup: int, expected: list[float]) -> None:
+    """Two steps per epoch, five epochs: the rate moves every step, warm-up included."""
     cfg = config(lr_scheduler=kind, warmup_epochs=warmup, epochs=5, learning_rate=1.0)
-    schedule = LrSchedule.from_config(cfg)
-    assert [round(schedule.lr_at(e), 6) for e in range(5)] == [round(x, 6) for x in expected]
+    schedule = LrSchedule.from_config(cfg, steps_per_epoch=2)
+    assert schedule.total_steps == 10 and schedule.warmup_steps == min(2 * warmup, 5)
+    assert [round(schedule.lr_at(s), 6) for s in range(7)] == [round(x, 6) for x in expected]
 
 
 def test_plateau_lowers_the_rate_when_the_loss_stalls() -> None:
     schedule = LrSchedule.from_config(
-        config(lr_scheduler="plateau", early_stop_patience=4, learning_rate=1.0)
+        config(lr_scheduler="plateau", early_stop_patience=4, learning_rate=1.0, warmup_epochs=0),
+        steps_per_epoch=1,
     )
     for epoch, loss in enumerate([1.0, 0.9, 0.95, 0.95, 0.95]):
         schedule.observe(epoch, loss)
@@ -219,6 +224,9 @@ def test_seeded_run_is_reproducible_and_reports_its_schedule(
 ) -> None:
     overrides = {"lr_scheduler": "step", "warmup_epochs": 1, "epochs": 2}
     runs = []
+    # 56 training recordings in batches of 16: 4 steps per epoch, warm-up over the first 4;
+    # an epoch reports the rate of its last step.
+    expected_lr = [0.002 * 4 / 5, 0.002 * 0.1**3]
     for i, seed in enumerate((11, 11, 12)):
         sink = ListSink()
         path = tmp_path / str(i)
@@ -226,26 +234,13 @@ def test_seeded_run_is_reproducible_and_reports_its_schedule(
         runs.append([(e.train_loss, e.val_loss, e.gradient_norm) for e in result.history])
         epochs = of(EpochCompleted, sink.events)
         assert [e.epoch for e in epochs] == [1, 2] and result.completed.epochs_run == 2
-        assert [e.learning_rate for e in epochs] == pytest.approx([0.001, 0.002])
+        assert [e.learning_rate for e in epochs] == pytest.approx(expected_lr)
+        rates = [p.learning_rate for e in of(BatchProgress, sink.events) for p in e.points]
+        assert rates[:4] == pytest.approx([0.002 * k / 5 for k in (1, 2, 3, 4)])
         assert all(e.gradient_norm and e.gradient_norm > 0 for e in epochs)
         assert (path / "out" / "best.pt").exists() and (path / "out" / "last.pt").exists()
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
-
-
-def test_freeze_backbone_trains_only_the_head(recordings: list[Recording], tmp_path: Path) -> None:
-    run = prepare(spec(recordings, tmp_path, freeze_backbone=True))
-    prefix = head_prefix(run.network)
-    before = {k: v.clone() for k, v in run.network.state_dict().items()}
-    assert run.trainable and all(p.requires_grad for p in run.trainable)
-    names = [n for n, _ in run.network.named_parameters()]
-    trainable = {n for n, p in run.network.named_parameters() if p.requires_grad}
-    assert trainable == {n for n in names if n.startswith(prefix)} and len(trainable) < len(names)
-    fit_features(run, NeverStop())
-    loop.train_epoch(run, 1, 0.01, None, NeverStop())
-    after = run.network.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith(prefix) for k in changed)
 
 
 def test_early_stop_patience_ends_the_job(

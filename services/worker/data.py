@@ -13,6 +13,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import asyncpg
 import numpy as np
@@ -98,10 +99,11 @@ class WaveformDataset(Dataset[tuple[torch.Tensor, int]]):
         return wave.float(), self.index[rec.label]
 
 
-def _seed_worker(worker_id: int) -> None:
+def _init_worker(threads: int, worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    torch.set_num_threads(threads)
 
 
 def make_loader(
@@ -113,9 +115,11 @@ def make_loader(
     seed: int,
     pin_memory: bool = False,
     sampler: Sampler[int] | None = None,
+    worker_threads: int = 1,
 ) -> DataLoader[tuple[torch.Tensor, int]]:
-    """A DataLoader with `num_workers` worker processes (kept alive across epochs) and a seeded
-    shuffle, so a seeded job sees batches in the same order every run."""
+    """A DataLoader with `num_workers` worker processes (kept alive across epochs, each with
+    `worker_threads` torch threads) and a seeded shuffle, so a seeded job sees batches in the
+    same order every run."""
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
@@ -125,7 +129,7 @@ def make_loader(
         sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
-        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        worker_init_fn=partial(_init_worker, worker_threads) if num_workers > 0 else None,
         generator=generator,
         pin_memory=pin_memory,
         drop_last=False,

@@ -31,3 +31,7 @@ class TrainingCancelled(Exception):
     def __init__(self, phase: str) -> None:
         super().__init__(f"training stopped during {phase}")
         self.phase = phase
+
+
+class InitCheckpointError(WorkerError):
+    """`init_from_job` names a job whose best checkpoint is missing or does not fit."""

@@ -30,6 +30,10 @@ class EpochStats:
     accuracy: float
     gradient_norm: float | None
     batches: int
+    samples: int
+    """Training samples in the metrics, all ranks together: each sample once."""
+    learning_rate: float
+    """The rate of the epoch's last step (the schedule moves every step)."""
 
 
 @dataclass
@@ -40,16 +44,52 @@ class Predictions:
     labels: torch.Tensor
 
 
-def _inputs(run: Run, wave: torch.Tensor) -> torch.Tensor:
+def _inputs(run: Run, wave: torch.Tensor, *, train: bool) -> torch.Tensor:
+    """What the network sees: features of the waveforms, augmented for training batches."""
     with torch.no_grad():
-        x = run.features(wave.to(run.device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last) if run.amp else x
+        wave = wave.to(run.device, non_blocking=True)
+        if train:
+            wave = run.augment.wave(wave)
+        x = run.features(wave)
+        if train:
+            x = run.augment.features(x)
+    return x.contiguous(memory_format=torch.channels_last) if run.precision.channels_last else x
+
+
+def _counted(run: Run, batch: int, n: int) -> int | None:
+    """How many of training batch `batch`'s `n` samples count: None (all) for one process;
+    with data parallelism, none of the distributed sampler's padding, which comes last."""
+    if not run.info.enabled:
+        return None
+    before = (batch - 1) * run.config.batch_size
+    return max(0, min(n, run.counted - before))
+
+
+def _step(
+    run: Run, x: torch.Tensor, label: torch.Tensor, counted: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step; returns the logits, the loss and the gradients' total norm (before
+    clipping)."""
+    with run.precision.autocast(run.device):
+        logits = run.model(x)
+        loss = run.criterion(logits, label, counted)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    clip = run.config.grad_clip_norm
+    if clip is not None:
+        norm = torch.nn.utils.clip_grad_norm_(run.trainable, clip, foreach=True)
+    else:
+        grads = [p.grad for p in run.trainable if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return logits.detach(), loss.detach(), norm
 
 
 def train_epoch(
     run: Run,
     epoch: int,
-    lr: float,
     reporter: ProgressReporter | None,
     stop: StopSignal,
     hold: HoldSignal | None = None,
@@ -64,6 +104,8 @@ def train_epoch(
     loss_sum, correct_sum, norm_sum = partial.tensors(run.device)
     seen, batches, skip = partial.seen, partial.batches, partial.batches
     started = time.perf_counter() - partial.elapsed_s
+    per_epoch = len(run.train_loader)
+    lr = run.schedule.lr_at((epoch - 1) * per_epoch + skip)
     batches_iter = iter(run.train_loader)
     for _ in range(skip):
         next(batches_iter)
@@ -79,28 +121,20 @@ def train_epoch(
                 time.perf_counter() - started,
             )  # fmt: skip
             raise Held(kind, epoch, done)
-        x = _inputs(run, wave)
+        lr = run.schedule.apply(run.optimizer, (epoch - 1) * per_epoch + batch - 1)
+        x = _inputs(run, wave, train=True)
         label = label.to(run.device, non_blocking=True)
-        with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
-            logits = run.model(x)
-            loss = nn.functional.cross_entropy(logits, label)
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.unscale_(run.optimizer)
-        grads = [p.grad for p in run.trainable if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        n = label.shape[0]
-        loss_d = loss.detach()
-        correct = (logits.detach().argmax(dim=1) == label).sum()
-        loss_sum += loss_d * n
+        counted = _counted(run, batch, label.shape[0])
+        logits, loss, norm = _step(run, x, label, counted)
+        n = label.shape[0] if counted is None else counted
+        correct = (logits[:n].argmax(dim=1) == label[:n]).sum()
+        loss_sum += loss * n
         correct_sum += correct
         norm_sum += norm
         seen += n
         batches = batch
         if reporter is not None:
-            reporter.record(epoch, batch, loss_d, correct / n, norm, lr)
+            reporter.record(epoch, batch, loss, correct / max(n, 1), norm, lr)
     if reporter is not None:
         reporter.flush()
     counts = torch.tensor([seen, batches], device=run.device, dtype=torch.float64)
@@ -114,6 +148,8 @@ def train_epoch(
         accuracy=float(correct_sum) / max(total, 1),
         gradient_norm=grad_norm if math.isfinite(grad_norm) else None,
         batches=int(total_batches),
+        samples=int(total),
+        learning_rate=lr,
     )
 
 
@@ -129,8 +165,8 @@ def predict(run: Run, loader: Batches, stop: StopSignal, phase: str) -> Predicti
         for wave, label in loader:
             if stop.is_set():
                 raise TrainingCancelled(phase)
-            x = _inputs(run, wave)
-            with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
+            x = _inputs(run, wave, train=False)
+            with run.precision.autocast(run.device):
                 out = run.network(x)
             logits.append(out.float())
             labels.append(label.to(run.device, non_blocking=True))
@@ -166,12 +202,11 @@ def run_epoch(
     bookkeeping, EpochCompleted and checkpoints (rank 0)."""
     config = run.config
     started = time.perf_counter() - (partial.elapsed_s if partial else 0.0)
-    lr = run.schedule.apply(run.optimizer, epoch - 1)
-    stats = train_epoch(run, epoch, lr, reporter, stop, hold, partial)
+    stats = train_epoch(run, epoch, reporter, stop, hold, partial)
     val = validate(run, stop)
     monitored = val[0] if val is not None else stats.loss
     is_best = run.early.update(epoch, monitored)
-    run.schedule.observe(epoch - 1, monitored)
+    run.schedule.observe(epoch * len(run.train_loader) - 1, monitored)
     best = run.early.best_loss
     event = EpochCompleted(
         job_id=run.spec.job_id,
@@ -181,7 +216,7 @@ def run_epoch(
         val_loss=val[0] if val else None,
         train_accuracy=stats.accuracy,
         val_accuracy=val[1] if val else None,
-        learning_rate=lr,
+        learning_rate=stats.learning_rate,
         gradient_norm=stats.gradient_norm,
         epoch_time_s=time.perf_counter() - started,
         is_best=is_best,

@@ -22,14 +22,15 @@ _PROBE_TIMEOUT_S = 3.0
 
 def build_model(config: TrainingConfig, num_classes: int) -> nn.Module:
     """`config.model_architecture` with `in_chans=1`, `num_classes` and `drop_rate=dropout_rate`;
-    ImageNet weights when `pretrained` (or PretrainedWeightsUnavailable at once); the backbone
-    frozen when `freeze_backbone`."""
+    ImageNet weights when `pretrained` (or PretrainedWeightsUnavailable at once), unless the
+    weights come from `init_from_job` (see finetune.py); the backbone frozen when
+    `freeze_backbone`."""
     kwargs: dict[str, Any] = {
         "in_chans": 1,
         "num_classes": num_classes,
         "drop_rate": config.dropout_rate,
     }
-    if config.pretrained:
+    if config.pretrained and config.init_from_job is None:
         model = _create_pretrained(config.model_architecture, kwargs)
     else:
         model = timm.create_model(config.model_architecture, pretrained=False, **kwargs)

@@ -1,8 +1,13 @@
-"""Optimiser, learning-rate schedule (per epoch, linear warm-up first) and early stopping.
+"""Optimiser, learning-rate schedule (per step, linear warm-up first) and early stopping.
 
 The schedule is a small explicit object rather than a chain of torch schedulers, because
 `plateau` does not compose with warm-up there, and because its whole state must go into a
 checkpoint and be inspectable in tests.
+
+Warm-up is counted in optimiser steps: `warmup_epochs` times the batches per epoch, but never more
+than half the run (MAX_WARMUP_FRACTION): a warm-up as long as the run would only ever ramp and
+never reach the base rate or the schedule. The job's JobStarted says how many steps were used,
+and a JobWarning says when the configured warm-up was cut.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from torch import nn
 from shared.config import TrainingConfig
 
 STEP_GAMMA = 0.1
-"""`step`: the learning rate is multiplied by this every third of the post-warm-up epochs."""
+"""`step`: the learning rate is multiplied by this every third of the post-warm-up steps."""
 
 PLATEAU_FACTOR = 0.1
 """`plateau`: the learning rate is multiplied by this when the monitored loss stalls."""
+
+MAX_WARMUP_FRACTION = 0.5
+"""The longest warm-up, as a fraction of the run's steps."""
 
 
 def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
@@ -35,51 +43,59 @@ def plateau_patience(config: TrainingConfig) -> int:
     return max(1, config.early_stop_patience // 2)
 
 
+def warmup_steps(config: TrainingConfig, steps_per_epoch: int) -> int:
+    """`warmup_epochs` in steps, bounded by MAX_WARMUP_FRACTION of the run."""
+    wanted = config.warmup_epochs * steps_per_epoch
+    return min(wanted, int(config.epochs * steps_per_epoch * MAX_WARMUP_FRACTION))
+
+
 @dataclass
 class LrSchedule:
-    """Learning rate per epoch (0-based): linear warm-up over `warmup_epochs`, then `kind`."""
+    """Learning rate per optimiser step (0-based, counted over the whole run): linear warm-up
+    over `warmup_steps`, then `kind` over the steps left."""
 
     kind: str
     base_lr: float
-    epochs: int
-    warmup_epochs: int
+    total_steps: int
+    warmup_steps: int
     patience: int
     plateau_scale: float = 1.0
     plateau_best: float = math.inf
     plateau_bad_epochs: int = 0
 
     @classmethod
-    def from_config(cls, config: TrainingConfig) -> LrSchedule:
+    def from_config(cls, config: TrainingConfig, steps_per_epoch: int) -> LrSchedule:
         return cls(
             kind=config.lr_scheduler,
             base_lr=config.learning_rate,
-            epochs=config.epochs,
-            warmup_epochs=config.warmup_epochs,
+            total_steps=config.epochs * steps_per_epoch,
+            warmup_steps=warmup_steps(config, steps_per_epoch),
             patience=plateau_patience(config),
         )
 
-    def lr_at(self, epoch: int) -> float:
-        if epoch < self.warmup_epochs:
-            return self.base_lr * (epoch + 1) / (self.warmup_epochs + 1)
-        after = epoch - self.warmup_epochs
-        span = max(1, self.epochs - self.warmup_epochs)
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / (self.warmup_steps + 1)
+        after = step - self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
         if self.kind == "cosine":
             return self.base_lr * 0.5 * (1.0 + math.cos(math.pi * after / span))
         if self.kind == "step":
-            step = max(1, span // 3)
-            return self.base_lr * STEP_GAMMA ** (after // step)
+            every = max(1, span // 3)
+            return self.base_lr * STEP_GAMMA ** (after // every)
         return self.base_lr * self.plateau_scale
 
-    def apply(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
-        """Set the optimiser's rate for `epoch` and return it."""
-        lr = self.lr_at(epoch)
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set the optimiser's rate for `step` and return it."""
+        lr = self.lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         return lr
 
-    def observe(self, epoch: int, monitored_loss: float) -> None:
-        """End of `epoch`: `plateau` tracks the monitored loss (after warm-up only)."""
-        if self.kind != "plateau" or epoch < self.warmup_epochs:
+    def observe(self, step: int, monitored_loss: float) -> None:
+        """End of an epoch whose last step was `step`: `plateau` tracks the monitored loss
+        (once warm-up is over)."""
+        if self.kind != "plateau" or step < self.warmup_steps:
             return
         if monitored_loss < self.plateau_best:
             self.plateau_best = monitored_loss

@@ -146,8 +146,8 @@ def _main(rank: int, info: DistInfo, payload: Payload, stop: MpEvent, gate: Any,
     spec = payload.spec
     configure_logging(payload.log_level, payload.log_json)
     structlog.contextvars.bind_contextvars(job_id=spec.job_id, rank=rank)
-    if info.enabled and spec.config.accelerator == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+    if spec.threads > 0:
+        torch.set_num_threads(spec.threads)
     client = redis.Redis.from_url(payload.redis_url)
     try:
         emitter = SyncEmitter(client, payload.job_stream_maxlen)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from services.worker import ddp
+from services.worker.augment import Augment
 from services.worker.data import (
     WaveformDataset,
     check_recordings,
@@ -29,7 +30,9 @@ from services.worker.data import (
 from services.worker.ddp import SINGLE, DistInfo
 from services.worker.features import FeatureExtractor, FeatureParams, LogMel, finish_stats
 from services.worker.features import compute_stats as feature_sums
-from services.worker.hardware import resolve_device, uses_amp
+from services.worker.finetune import Init, init_from_job
+from services.worker.hardware import Precision, resolve_device, resolve_precision
+from services.worker.loss import Criterion
 from services.worker.model import build_model
 from services.worker.optim import EarlyStopping, LrSchedule, build_optimizer
 from services.worker.progress import StopSignal
@@ -59,6 +62,9 @@ class TrainSpec:
     crash re-trains from its checkpoint but emits none of these again."""
     emitted_epochs: int = 0
     """Epochs whose EpochCompleted an earlier attempt emitted."""
+    threads: int = 0
+    """Torch threads of the training process (set by its owner, see `process.py`), shared by
+    its loader workers; 0: torch's default."""
 
 
 @dataclass
@@ -108,11 +114,17 @@ class Run:
     optimizer: torch.optim.AdamW
     schedule: LrSchedule
     early: EarlyStopping
-    amp: bool
+    precision: Precision
     scaler: torch.amp.GradScaler
     features: FeatureExtractor
     """Log-mel and normalisation; its statistics are set by `fit_features` (or a checkpoint)."""
     trainable: list[nn.Parameter]
+    criterion: Criterion
+    augment: Augment
+    counted: int
+    """Training samples of this rank that count in the metrics: all but the distributed
+    sampler's padding (which repeats a few samples so that every rank has as many batches)."""
+    init: Init | None = None
 
     @property
     def config(self) -> TrainingConfig:
@@ -127,17 +139,22 @@ class Run:
         return self.loaders.val
 
 
-def prepare(spec: TrainSpec, info: DistInfo = SINGLE) -> Run:
-    """Device, model, split and loaders; fails fast (device, weights, data) before any epoch."""
+def prepare(spec: TrainSpec, info: DistInfo = SINGLE, *, initialise: bool = True) -> Run:
+    """Device, model, split and loaders; fails fast (device, weights, data) before any epoch.
+    `initialise`: load `init_from_job`'s weights (a resumed run takes its own instead)."""
     config = spec.config
     device = resolve_device(config, info.rank)
+    precision = resolve_precision(config, device)
     seed = spec.seed if spec.seed is not None else resolve_seed(config)
     torch.manual_seed(seed)
     check_recordings(spec.recordings, config)
     split = stratified_split(spec.recordings, config.validation_split, seed)
-    network = build_model(config, len(split.classes)).to(device)
-    amp = uses_amp(device)
-    if amp:
+    network = build_model(config, len(split.classes))
+    init = (
+        init_from_job(network, config, split.classes, spec.out_dir.parent) if initialise else None
+    )
+    network = network.to(device)
+    if precision.channels_last:
         network = network.to(memory_format=torch.channels_last)
     fmt = signal_format(spec.recordings, config.n_fft)
     params = FeatureParams(
@@ -148,6 +165,7 @@ def prepare(spec: TrainSpec, info: DistInfo = SINGLE) -> Run:
         n_mels=config.n_mels,
     )
     unfitted = torch.zeros(config.n_mels), torch.ones(config.n_mels)
+    loaders = _loaders(split, fmt, spec, info, seed, pin=device.type == "cuda")
     return Run(
         spec=spec,
         info=info,
@@ -155,22 +173,29 @@ def prepare(spec: TrainSpec, info: DistInfo = SINGLE) -> Run:
         seed=seed,
         split=split,
         params=params,
-        loaders=_loaders(split, fmt, config, info, seed, pin=device.type == "cuda"),
+        loaders=loaders,
         network=network,
         model=ddp.wrap(network, info, device),
         optimizer=build_optimizer(network, config),
-        schedule=LrSchedule.from_config(config),
+        schedule=LrSchedule.from_config(config, len(loaders.train)),
         early=EarlyStopping(config.early_stop_patience),
-        amp=amp,
-        scaler=torch.amp.GradScaler(device.type, enabled=amp),
+        precision=precision,
+        scaler=torch.amp.GradScaler(device.type, enabled=precision.scaled),
         features=FeatureExtractor(params, *unfitted).to(device).eval(),
         trainable=[p for p in network.parameters() if p.requires_grad],
+        criterion=Criterion.from_config(
+            config, [r.label for r in split.train], split.classes, device
+        ),
+        augment=Augment.from_config(config, fmt.sample_rate, params.frames, config.n_mels),
+        counted=len(range(info.rank, len(split.train), info.world_size)),
+        init=init,
     )
 
 
 def _loaders(
-    split: Split, fmt: Any, config: TrainingConfig, info: DistInfo, seed: int, pin: bool
+    split: Split, fmt: Any, spec: TrainSpec, info: DistInfo, seed: int, pin: bool
 ) -> Loaders:
+    config = spec.config
     train_ds = WaveformDataset(split.train, split.classes, fmt)
     val_ds = WaveformDataset(split.val, split.classes, fmt)
     sampler: DistributedSampler[int] | None = None
@@ -185,6 +210,7 @@ def _loaders(
         "num_workers": config.num_workers,
         "seed": seed + 1,
         "pin_memory": pin,
+        "worker_threads": max(1, spec.threads // max(1, config.num_workers)),
     }
     return Loaders(
         train=make_loader(train_ds, shuffle=True, sampler=sampler, **common),
@@ -196,12 +222,12 @@ def fit_features(run: Run, stop: StopSignal) -> FeatureExtractor:
     """Normalisation statistics over the training split (all ranks' shards), on the device."""
     logmel = LogMel(run.params).to(run.device)
     sums = feature_sums(run.train_loader, logmel, run.device, stop)
-    set_feature_stats(run.features, *finish_stats(*ddp.all_sum(run.info, *sums)))
+    set_feature_stats(run, *finish_stats(*ddp.all_sum(run.info, *sums)))
     return run.features
 
 
-def set_feature_stats(features: FeatureExtractor, mean: torch.Tensor, std: torch.Tensor) -> None:
-    """Per-mel-bin mean and standard deviation, from the training split or a checkpoint."""
-    with torch.no_grad():
-        features.norm.mean.copy_(mean.reshape_as(features.norm.mean))
-        features.norm.std.copy_(std.reshape_as(features.norm.std))
+def set_feature_stats(run: Run, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Per-bin mean and standard deviation (from the training split, or a checkpoint), with
+    whatever the normalisation derives from them built by its own constructor."""
+    fitted = FeatureExtractor(run.params, mean, std).to(run.device)
+    run.features.load_state_dict(fitted.state_dict())

@@ -25,7 +25,7 @@ from services.tracking import JobTrackers, delete_tracking
 from services.worker.checkpoint import BEST
 from services.worker.data import check_recordings, job_recordings, resolve_seed
 from services.worker.errors import WorkerError
-from services.worker.hardware import check_accelerator
+from services.worker.hardware import check_accelerator, train_threads
 from services.worker.lease import Lease
 from services.worker.listener import CommandListener, Watch
 from services.worker.preempt import Preempt
@@ -160,6 +160,9 @@ class JobRunner:
             seed=resolve_seed(config),
             emitted=tail.point,
             emitted_epochs=tail.epochs,
+            threads=train_threads(
+                self.settings.train_threads, self.settings.max_jobs, config.devices
+            ),
         )
         payload = Payload(
             spec=spec,
@@ -176,12 +179,8 @@ class JobRunner:
             # Off the event loop: starting a process may take a while on a busy machine, and the
             # lease's heartbeat must go on meanwhile.
             await asyncio.to_thread(run.start)
-            log.info(
-                "training process started",
-                devices=config.devices,
-                attempt=attempt,
-                seed=spec.seed,
-            )
+            # The seed in use is logged by the trainer: a resumed run keeps its checkpoint's.
+            log.info("training process started", devices=config.devices, attempt=attempt)
             try:
                 return await self._supervise(job_id, run, watch, lost)
             except asyncio.CancelledError:

@@ -1,55 +1,41 @@
 """What a checkpoint holds, saved and restored side by side over one key table.
 
 As Lightning Fabric's `save(path, state)` / `load(path, state)`: each key names one part of the
-run with how to capture it and how to put it back. `capture` writes every key; `restore` loads
-the keys that have a loader, in table order (the random states last, right before training
-continues). Keys without a loader are for readers: what rebuilds the model (architecture,
-classes, features) and where the checkpoint stands (`resume.read_point`).
+run with how to capture it and how to put it back. `capture` writes every key; `restore` runs
+the loaders in table order (the random states last, right before training continues). Keys
+without a loader are for readers: what rebuilds the model (architecture, classes, features) and
+where the checkpoint stands (`resume.read_point`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
-
-import torch
+from typing import Any
 
 from services.worker.checkpoint import cpu_state_dict
 from services.worker.resume import Position, rng_state, set_rng_state
-from services.worker.run import Run
+from services.worker.run import Run, set_feature_stats
 
 FORMAT = 2
-"""Bumped when a key changes meaning; an older checkpoint is then not resumed."""
+"""Bumped when a key changes meaning."""
+
+State = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Entry:
     save: Callable[[Run, Position], Any]
-    load: Callable[[Run, Any], object] | None = None
-    """None: written for readers, not restored into a run."""
+    load: Callable[[Run, State], object] | None = None
+    """Puts the part back from the whole checkpoint; None: written for readers only."""
 
 
-def _stateful(name: str) -> Entry:
-    """A part of the run with `state_dict` / `load_state_dict` (the attribute `name`)."""
+def _stateful(key: str, name: str) -> Entry:
+    """A part of the run with `state_dict` / `load_state_dict` (the run's attribute `name`)."""
     return Entry(
         save=lambda run, _: getattr(run, name).state_dict(),
-        load=lambda run, value: getattr(run, name).load_state_dict(value),
+        load=lambda run, state: getattr(run, name).load_state_dict(state[key]),
     )
-
-
-def _buffer(name: str) -> Entry:
-    """One of the feature normalisation's per-mel-bin statistics, saved flat."""
-
-    def save(run: Run, _: Position) -> torch.Tensor:
-        return cast(torch.Tensor, getattr(run.features.norm, name)).detach().flatten().cpu()
-
-    def load(run: Run, value: torch.Tensor) -> None:
-        buffer = cast(torch.Tensor, getattr(run.features.norm, name))
-        with torch.no_grad():
-            buffer.copy_(value.reshape_as(buffer))
-
-    return Entry(save, load)
 
 
 def _loaders(run: Run, at: Position) -> Any:
@@ -64,32 +50,36 @@ TABLE: dict[str, Entry] = {
     "partial": Entry(lambda run, at: vars(at.partial) if at.partial is not None else None),
     "model": Entry(
         lambda run, at: cpu_state_dict(run.network),
-        lambda run, value: run.network.load_state_dict(value),
+        lambda run, state: run.network.load_state_dict(state["model"]),
     ),
-    "optimizer": _stateful("optimizer"),
-    "scheduler": _stateful("schedule"),
-    "early_stopping": _stateful("early"),
-    "scaler": _stateful("scaler"),
+    "optimizer": _stateful("optimizer", "optimizer"),
+    "scheduler": _stateful("scheduler", "schedule"),
+    "early_stopping": _stateful("early_stopping", "early"),
+    "scaler": _stateful("scaler", "scaler"),
     "features": Entry(lambda run, at: run.params.to_dict()),
-    "feature_mean": _buffer("mean"),
-    "feature_std": _buffer("std"),
+    "feature_mean": Entry(
+        lambda run, at: run.features.norm.mean.detach().flatten().cpu(),
+        lambda run, state: set_feature_stats(run, state["feature_mean"], state["feature_std"]),
+    ),
+    "feature_std": Entry(lambda run, at: run.features.norm.std.detach().flatten().cpu()),
+    # (restored with feature_mean)
     "classes": Entry(lambda run, at: list(run.split.classes)),
     "architecture": Entry(lambda run, at: run.config.model_architecture),
     "config": Entry(lambda run, at: run.config.to_dict()),
     "seed": Entry(lambda run, at: run.seed),
-    "loaders": Entry(_loaders, lambda run, value: run.loaders.load_state_dict(value)),
-    "rng": Entry(lambda run, at: rng_state(), lambda run, value: set_rng_state(value)),
+    "loaders": Entry(_loaders, lambda run, state: run.loaders.load_state_dict(state["loaders"])),
+    "rng": Entry(lambda run, at: rng_state(), lambda run, state: set_rng_state(state["rng"])),
 }
 
 
-def capture(run: Run, at: Position) -> dict[str, Any]:
+def capture(run: Run, at: Position) -> State:
     """The checkpoint of `run` standing at `at`: enough to resume the job exactly or rebuild
     its model."""
     return {key: entry.save(run, at) for key, entry in TABLE.items()}
 
 
-def restore(run: Run, state: dict[str, Any]) -> None:
+def restore(run: Run, state: State) -> None:
     """Put `run` back where `state` stands; the random states come last."""
-    for entry, value in ((e, state[k]) for k, e in TABLE.items() if e.load is not None):
-        assert entry.load is not None
-        entry.load(run, value)
+    for entry in TABLE.values():
+        if entry.load is not None:
+            entry.load(run, state)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 import structlog
+import torch
 
 from services.worker import ddp, state
 from services.worker.artifacts import export_best, save_hold
@@ -24,7 +25,7 @@ from services.worker.preempt import Held, HoldSignal
 from services.worker.progress import EventSink, ProgressReporter, StopSignal
 from services.worker.resume import RESUME, ResumePoint, latest_point
 from services.worker.run import Run, TrainSpec, fit_features, prepare
-from shared.events import EpochCompleted, JobCompleted, JobStarted
+from shared.events import EpochCompleted, JobCompleted, JobStarted, JobWarning
 
 log = structlog.get_logger(__name__)
 
@@ -51,11 +52,14 @@ def train(
     cannot run. Rank 0 alone emits and writes files."""
     point = latest_point(spec.out_dir)
     if point is not None:
-        spec = replace(spec, seed=point.seed)
-    run = prepare(spec, info)
+        spec = replace(spec, seed=point.seed)  # a resumed run keeps its seed
+    run = prepare(spec, info, initialise=point is None)
     logger = log.bind(job_id=spec.job_id, rank=info.rank, seed=run.seed, device=str(run.device))
     if info.is_main:
         sink.emit(_started(run, point))
+        if point is None:
+            for message in _warnings(run):
+                sink.emit(JobWarning(job_id=spec.job_id, message=message))
     logger.info("training started", train=len(run.split.train), val=len(run.split.val))
     if point is None:
         fit_features(run, stop)
@@ -81,7 +85,37 @@ def _started(run: Run, point: ResumePoint | None) -> JobStarted:
         total_batches=len(run.train_loader),
         start_epoch=point.epoch if point else 1,
         device=str(run.device) if not info.enabled else f"{run.device} x{info.world_size}",
+        seed=run.seed,
+        warmup_steps=run.schedule.warmup_steps,
+        precision=run.precision.name,
+        threads=torch.get_num_threads(),
+        init_from_job=run.init.job_id if run.init else None,
+        head_reinitialised=bool(run.init and run.init.head_reinitialised),
     )
+
+
+def _warnings(run: Run) -> list[str]:
+    """What a fresh run does other than its config says, said once, at its start."""
+    config, out = run.config, []
+    wanted = config.warmup_epochs * len(run.train_loader)
+    if run.schedule.warmup_steps < wanted:
+        out.append(
+            f"warmup_epochs={config.warmup_epochs} is {wanted} steps, more than half of the"
+            f" {run.schedule.total_steps}-step run: warm-up cut to"
+            f" {run.schedule.warmup_steps} steps"
+        )
+    if run.init is not None and run.init.head_reinitialised:
+        out.append(
+            f"init_from_job {run.init.job_id}: its classes {run.init.source_classes} differ"
+            f" from this job's {run.split.classes}; the backbone starts from its weights and"
+            " the head from a fresh initialisation"
+        )
+    if config.aug_freq_shift_hz > 0 and getattr(run.params, "channels", "real") != "iq":
+        out.append(
+            "aug_freq_shift_hz applies to IQ recordings only (a real signal has no sign of"
+            " frequency to shift); this job's recordings are real, so it trains without it"
+        )
+    return out
 
 
 def _epochs(

@@ -19,7 +19,7 @@ from services.tracking.settings import TrackingSettings
 from shared.datasets import Recording
 from shared.net import free_port
 from shared.settings import Settings
-from shared.synth import synth_dataset
+from shared.synth import CLASSES, synth_dataset
 from shared.wavio import write_wav
 
 TINY: dict[str, Any] = {
@@ -63,15 +63,20 @@ async def wait_for(
         await asyncio.sleep(step)
 
 
-def synthetic_recordings(root: Path, count: int, *, seed: int = 5) -> list[Recording]:
-    """`count` synthetic recordings of 0.25 s at 8 kHz as WAV files, without a database."""
+def synthetic_recordings(
+    root: Path, count: int, *, seed: int = 5, labels: dict[str, str] | None = None
+) -> list[Recording]:
+    """`count` synthetic recordings of 0.25 s at 8 kHz as WAV files, without a database.
+    `labels`: only these synthetic classes, each written under its new label."""
+    classes = tuple(labels) if labels else CLASSES
     out = []
-    for rec in synth_dataset(count, seed=seed, duration_s=0.25):
+    for rec in synth_dataset(count, seed=seed, duration_s=0.25, classes=classes):
+        label = labels[rec.label] if labels else rec.label
         rid = str(uuid.uuid4())
-        path = root / rec.label / f"{rid}.wav"
+        path = root / label / f"{rid}.wav"
         write_wav(path, rec.samples, rec.sample_rate)
         out.append(
-            Recording(rid, str(path), rec.label, rec.snr_db, rec.approved, rec.sample_rate, 0.25, 1)
+            Recording(rid, str(path), label, rec.snr_db, rec.approved, rec.sample_rate, 0.25, 1)
         )
     return out
 

@@ -6,15 +6,40 @@ import { ApiError, JOBS, api } from "../api.js";
 import { errorBox, h } from "../dom.js";
 
 const GROUPS = [
-  ["Model", ["model_architecture", "pretrained", "freeze_backbone"]],
+  ["Model", ["model_architecture", "pretrained", "freeze_backbone", "init_from_job"]],
   [
     "Data",
     ["dataset", "batch_size", "num_workers", "validation_split", "min_snr_db", "only_approved"],
   ],
   ["Features", ["n_mels", "n_fft", "hop_length"]],
-  ["Training", ["epochs", "learning_rate", "weight_decay", "dropout_rate", "seed"]],
+  [
+    "Training",
+    [
+      "epochs",
+      "learning_rate",
+      "weight_decay",
+      "dropout_rate",
+      "seed",
+      "class_weighting",
+      "label_smoothing",
+      "grad_clip_norm",
+    ],
+  ],
   ["Scheduler", ["lr_scheduler", "warmup_epochs", "early_stop_patience"]],
-  ["Hardware", ["accelerator", "devices"]],
+  [
+    "Augmentation (training batches only)",
+    [
+      "aug_time_crop",
+      "aug_noise_snr_db_min",
+      "aug_noise_snr_db_max",
+      "aug_freq_shift_hz",
+      "aug_time_masks",
+      "aug_time_mask_width",
+      "aug_freq_masks",
+      "aug_freq_mask_width",
+    ],
+  ],
+  ["Hardware", ["accelerator", "devices", "precision"]],
 ];
 
 const HINTS = {
@@ -25,7 +50,17 @@ const HINTS = {
   seed: "empty: random; the same seed and config give the same metrics",
   hop_length: "at most n_fft",
   n_mels: "at most n_fft / 2 + 1",
-  warmup_epochs: "linear warm-up before the scheduler",
+  warmup_epochs: "linear warm-up per step before the scheduler; at most half the run",
+  freeze_backbone: "head only; needs pretrained or init_from_job",
+  init_from_job: "empty: none; a job id: start from its best checkpoint",
+  class_weighting: "balanced: weights from the train split's class counts",
+  grad_clip_norm: "empty: no clipping",
+  aug_time_crop: "share of each waveform that may be cut",
+  aug_noise_snr_db_min: "empty: no noise; else white noise at an SNR in [min, max]",
+  aug_freq_shift_hz: "IQ recordings only",
+  aug_time_mask_width: "share of the frames",
+  aug_freq_mask_width: "share of the bands",
+  precision: "auto: fp16 on GPUs, fp32 on CPUs; bf16 where native",
 };
 
 /** The schema of one property with `oneOf: [T, null]` folded into T plus `nullable`. */
@@ -89,6 +124,7 @@ function input(name, schema) {
     maxlength: schema.maxLength,
     required: (schema.minLength ?? 0) > 0,
     list: name === "dataset" ? "dataset-names" : null,
+    placeholder: schema.nullable ? "none" : null,
     autocomplete: "off",
   });
   if (schema.pattern) {
@@ -135,7 +171,7 @@ function value(el, schema) {
   if (schema.type === "integer" || schema.type === "number") {
     return el.value === "" ? null : Number(el.value);
   }
-  return el.value;
+  return schema.nullable && el.value.trim() === "" ? null : el.value;
 }
 
 export function newJobView(root) {
