@@ -21,11 +21,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 from services.worker import ddp, resume
 from services.worker.artifacts import export_best, save_epoch, save_hold
+from services.worker.bounds import check_batch_fits
 from services.worker.checkpoint import BEST, LAST
 from services.worker.data import (
     Split,
     WaveformDataset,
     check_recordings,
+    feature_params,
     make_loader,
     resolve_seed,
     signal_format,
@@ -129,14 +131,9 @@ def prepare(spec: TrainSpec, info: DistInfo = SINGLE) -> Run:
     amp = uses_amp(device)
     if amp:
         network = network.to(memory_format=torch.channels_last)
-    fmt = signal_format(spec.recordings, config.n_fft)
-    params = FeatureParams(
-        sample_rate=fmt.sample_rate,
-        num_samples=fmt.num_samples,
-        n_fft=config.n_fft,
-        hop_length=config.hop_length,
-        n_mels=config.n_mels,
-    )
+    fmt = signal_format(spec.recordings, config)
+    params = feature_params(fmt, config)
+    check_batch_fits(network, params, config.batch_size, device)
     train_ds = WaveformDataset(split.train, split.classes, fmt)
     val_ds = WaveformDataset(split.val, split.classes, fmt)
     sampler: DistributedSampler[int] | None = None
