@@ -29,9 +29,9 @@ MEMORY_SHARE = 0.8
 
 
 def frames_needed(num_samples: int, file_rate: int, rate: int) -> int:
-    """Frames of a file at `file_rate` that give `num_samples` at `rate` (plus a margin for the
-    resampler), never more than MAX_READ_FRAMES."""
-    return min(MAX_READ_FRAMES, math.ceil(num_samples * file_rate / rate) + 16)
+    """Frames of a file at `file_rate` that give `num_samples` at `rate` (and one spare),
+    never more than MAX_READ_FRAMES."""
+    return min(MAX_READ_FRAMES, math.ceil(num_samples * file_rate / rate) + 1)
 
 
 def resample(wave: torch.Tensor, orig: int, new: int) -> torch.Tensor:

@@ -105,8 +105,10 @@ class SignalFormat:
 def signal_format(recordings: Sequence[Recording], config: TrainingConfig) -> SignalFormat:
     """The job's rate (`config.sample_rate`, else the most common one), its length
     (`config.num_samples`, else the longest recording at that rate, at most MAX_NUM_SAMPLES,
-    at least one FFT window) and its channels (IQ when any recording is)."""
-    rate = config.sample_rate or Counter(r.sample_rate for r in recordings).most_common(1)[0][0]
+    at least one FFT window) and its channels (IQ when any recording is). Of rates equally
+    common, the highest wins: resampling down loses less than resampling up invents."""
+    counts = Counter(r.sample_rate for r in recordings)
+    rate = config.sample_rate or max(counts, key=lambda r: (counts[r], r))
     longest = max(math.ceil(r.duration_s * rate) for r in recordings)
     length = config.num_samples or min(longest, MAX_NUM_SAMPLES)
     channels = 2 if any(r.channels == 2 for r in recordings) else 1
