@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from _machine import describe
 
+from services.worker.loop import run_epoch
 from services.worker.progress import NeverStop
-from services.worker.trainer import TrainSpec, fit_features, prepare, run_epoch
+from services.worker.run import TrainSpec, fit_features, prepare
 from shared.config import TrainingConfig
 from shared.datasets import Recording, synthetic_id
 from shared.synth import synth_dataset

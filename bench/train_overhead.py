@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from services.worker.loop import run_epoch
 from services.worker.progress import NeverStop, ProgressReporter
-from services.worker.trainer import Run, TrainSpec, fit_features, prepare, run_epoch
+from services.worker.run import Run, TrainSpec, fit_features, prepare
 from shared.config import TrainingConfig
 from shared.datasets import Recording
 from shared.emit import SyncEmitter
@@ -62,7 +63,6 @@ def make_recordings(root: Path, samples: int, duration_s: float) -> list[Recordi
 
 def bare_epochs(run: Run, epochs: int, amp: bool, channels_last: bool) -> list[float]:
     """The reference: forward, loss, backward, step; a validation pass; nothing else."""
-    assert run.features is not None
     model, features, device = run.network, run.features, run.device
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],

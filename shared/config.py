@@ -15,9 +15,6 @@ from msgspec import Meta
 from shared.dataset_names import DatasetName
 from shared.signal_info import MAX_NUM_SAMPLES, MAX_SAMPLE_RATE
 
-SEED_ARCHITECTURES = ("convnext_tiny", "convnext_small", "convnext_large")
-SMALL_ARCHITECTURES = ("convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano")
-
 Architecture = Literal[
     "convnext_tiny",
     "convnext_small",
@@ -101,24 +98,3 @@ class TrainingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def to_dict(self) -> dict[str, Any]:
         return msgspec.to_builtins(self)  # type: ignore[no-any-return,unused-ignore]
-
-
-def parse_config(raw: Any) -> TrainingConfig:
-    """Validate a JSON-like value into a TrainingConfig, or raise ConfigError naming the field."""
-    if raw is None:
-        raw = {}
-    try:
-        config = msgspec.convert(raw, TrainingConfig, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"config: {exc}", _field_from_error(str(exc))) from None
-    config.check()
-    return config
-
-
-def _field_from_error(message: str) -> str | None:
-    """The field named in a msgspec message (`... - at `$.x``, or `unknown field `x``)."""
-    if "at `$." in message:
-        return message.rsplit("at `$.", 1)[1].split("`", 1)[0].split("[", 1)[0].split(".", 1)[0]
-    if "unknown field `" in message:
-        return message.split("unknown field `", 1)[1].split("`", 1)[0]
-    return None

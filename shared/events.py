@@ -14,6 +14,8 @@ import time
 
 import msgspec
 
+from shared.errors import InvalidInput
+
 SCHEMA_VERSION = 1
 
 
@@ -192,9 +194,29 @@ def status_of(event: Event) -> str | None:
     return None
 
 
+EVENT_ID_PART_MAX = 2**64 - 1
+"""Redis stream ids are two unsigned 64-bit numbers; nothing larger is an event id."""
+
+
 def parse_event_id(event_id: str) -> tuple[int, int]:
-    """`"1732790000000-3"` → `(1732790000000, 3)`; raises ValueError on anything else."""
-    ms, _, seq = event_id.partition("-")
-    if not ms.isdigit() or not (seq.isdigit() or seq == ""):
-        raise ValueError(f"not an event id: {event_id!r} (expected <milliseconds>-<sequence>)")
-    return int(ms), int(seq or 0)
+    """`"1732790000000-3"` → `(1732790000000, 3)`; `"17"` → `(17, 0)`, as Redis reads it.
+
+    The one parser of event ids, for `?after=` on REST and WebSocket alike: anything but ASCII
+    digits, or a part beyond Redis's 64-bit range, raises `InvalidInput` (a ValueError) whose
+    detail says what an event id looks like and where to get one.
+    """
+    ms, dash, seq = event_id.partition("-")
+    if _id_part(ms) and (_id_part(seq) or not dash):
+        return int(ms), int(seq or 0)
+    raise InvalidInput(
+        f"not an event id: {event_id[:40]!r}; expected <ms>-<seq>, two whole numbers up to"
+        " 2^64-1, as in the event_id of a message",
+        field="after",
+    )
+
+
+def _id_part(text: str) -> bool:
+    # isdigit() alone admits other scripts' digits ("١٢"), which int() reads and Redis does not.
+    return (
+        0 < len(text) <= 20 and text.isascii() and text.isdigit() and int(text) <= EVENT_ID_PART_MAX
+    )

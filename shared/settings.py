@@ -1,20 +1,29 @@
-"""Typed settings, built once from the environment at start-up and passed in."""
+"""Typed settings, built once from the environment at start-up and passed in.
+
+Every field is set by `HEIMDALL_<FIELD>` (see `shared/env.py`): declaring a field with a
+default and a docstring is all a new setting needs. Secrets are declared `repr=False`.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta
+
+from shared.env import EnvSettings
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(EnvSettings):
     """Everything a Heimdall process needs to know about its surroundings."""
 
-    redis_url: str | None = None
-    """Redis/Valkey URL. None means: start (or join) the embedded Valkey under `data_dir`."""
+    redis_url: str | None = field(default=None, repr=False)
+    """Redis/Valkey URL (may carry a password, hence hidden from repr). None means: start (or
+    join) the embedded Valkey under `data_dir`."""
 
     database_url: str | None = field(default=None, repr=False)
     """PostgreSQL DSN (may carry a password, hence hidden from repr). None means embedded."""
@@ -28,7 +37,7 @@ class Settings:
     host: str = "127.0.0.1"
     """Interface the API binds to."""
 
-    port: int = 8001
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8001
     """Port the API binds to."""
 
     job_stream_maxlen: int = 10_000
@@ -61,10 +70,11 @@ class Settings:
     """Largest request body the API accepts; larger ones get 413."""
 
     log_json: bool = False
-    """Logs as JSON lines (for production) instead of coloured console lines."""
+    """Logs as JSON lines (for production) instead of console lines, for every library's
+    logger too (arq, uvicorn, asyncio)."""
 
-    log_level: str = "INFO"
-    """Minimum log level."""
+    log_level: LogLevel = "INFO"
+    """Minimum log level (any case in the environment)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -85,35 +95,3 @@ class Settings:
     def datasets_dir(self) -> Path:
         """Where recordings' signal files live, one folder per dataset."""
         return self.data_dir / "datasets"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from `HEIMDALL_*` variables; unset or empty ones keep their defaults."""
-        env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            value = env.get(f"HEIMDALL_{name}")
-            return value if value else None
-
-        base = cls()
-        return cls(
-            redis_url=get("REDIS_URL"),
-            database_url=get("DATABASE_URL"),
-            data_dir=Path(get("DATA_DIR") or base.data_dir),
-            api_token=get("API_TOKEN"),
-            host=get("HOST") or base.host,
-            port=int(get("PORT") or base.port),
-            job_stream_maxlen=int(get("JOB_STREAM_MAXLEN") or base.job_stream_maxlen),
-            heartbeat_s=float(get("HEARTBEAT_S") or base.heartbeat_s),
-            progress_interval_s=float(get("PROGRESS_INTERVAL_S") or base.progress_interval_s),
-            cancel_grace_s=float(get("CANCEL_GRACE_S") or base.cancel_grace_s),
-            lease_ttl_s=float(get("LEASE_TTL_S") or base.lease_ttl_s),
-            max_recoveries=int(get("MAX_RECOVERIES") or base.max_recoveries),
-            shutdown_grace_s=float(get("SHUTDOWN_GRACE_S") or base.shutdown_grace_s),
-            cors_origins=tuple(
-                o.strip() for o in (get("CORS_ORIGINS") or "").split(",") if o.strip()
-            ),
-            max_body_bytes=int(get("MAX_BODY_BYTES") or base.max_body_bytes),
-            log_json=(get("LOG_JSON") or "").lower() in {"1", "true", "yes"},
-            log_level=(get("LOG_LEVEL") or base.log_level).upper(),
-        )

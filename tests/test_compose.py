@@ -15,6 +15,7 @@ from typer.main import get_command
 from services.api.app import create_app
 from services.cli.main import app as cli
 from services.recorder.settings import RecorderSettings
+from services.tracking.settings import TrackingSettings
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +48,10 @@ def test_every_service_command_exists() -> None:
 
 def _changes_settings(name: str, value: str) -> bool:
     env = {name: value}
-    plain = Settings.from_env(env) != Settings.from_env({})
-    recorder = RecorderSettings.from_env(env) != RecorderSettings.from_env({})
-    return plain or recorder
+    return any(
+        kind.from_env(env) != kind.from_env({})
+        for kind in (Settings, RecorderSettings, TrackingSettings)
+    )
 
 
 def test_every_heimdall_variable_is_read_by_the_settings() -> None:
@@ -99,7 +101,7 @@ def test_worker_reserves_a_gpu_and_the_cpu_override_removes_it() -> None:
     assert override["worker"]["deploy"] is None
 
 
-@pytest.mark.parametrize("secret", ["api_token", "database_url"])
+@pytest.mark.parametrize("secret", ["api_token", "database_url", "redis_url"])
 def test_secrets_stay_out_of_repr(secret: str) -> None:
     settings = dataclasses.replace(Settings(), **{secret: "postgresql://u:hunter2@h/db"})
     assert "hunter2" not in repr(settings)

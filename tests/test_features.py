@@ -10,9 +10,9 @@ import torch
 from support import TINY
 from support.recordings import complex_tone, write_iq_wav
 
-from services.worker import trainer
+from services.worker import loop
 from services.worker.bounds import fit_length, resample
-from services.worker.data import SignalFormat, load_waveform
+from services.worker.data import SignalFormat, load_waveform, signal_format
 from services.worker.errors import DatasetError
 from services.worker.features import (
     ExportSpectrogram,
@@ -21,6 +21,7 @@ from services.worker.features import (
     two_sided_bands,
 )
 from services.worker.progress import NeverStop
+from services.worker.run import Run, TrainSpec, fit_features, prepare
 from shared.config import TrainingConfig
 from shared.datasets import Recording
 from shared.synth import synth_dataset
@@ -72,9 +73,9 @@ def test_export_spectrogram_matches_training(channels: str, n_fft: int, hop: int
     assert torch.allclose(got, want, atol=2e-3), float((got - want).abs().max())
 
 
-def _spec(recordings: list[Recording], out: Path, **overrides: object) -> trainer.TrainSpec:
+def _spec(recordings: list[Recording], out: Path, **overrides: object) -> TrainSpec:
     config = TrainingConfig(**{**TINY, "seed": 3, **overrides})  # type: ignore[arg-type]
-    return trainer.TrainSpec("features", config, recordings, out, export_onnx=False)
+    return TrainSpec("features", config, recordings, out, export_onnx=False)
 
 
 def _demo(root: Path, count: int, duration_s: float) -> list[Recording]:
@@ -87,11 +88,11 @@ def _demo(root: Path, count: int, duration_s: float) -> list[Recording]:
     return out
 
 
-def _first_gradient_norm(run: trainer.Run) -> float:
-    trainer.fit_features(run, NeverStop())
+def _first_gradient_norm(run: Run) -> float:
+    fit_features(run, NeverStop())
     wave, label = next(iter(run.train_loader))
     run.model.train()
-    loss = torch.nn.functional.cross_entropy(run.model(trainer._inputs(run, wave)), label)
+    loss = torch.nn.functional.cross_entropy(run.model(loop._inputs(run, wave)), label)
     loss.backward()
     grads = [p.grad for p in run.network.parameters() if p.grad is not None]
     return float(torch.nn.utils.get_total_norm(grads))
@@ -102,9 +103,9 @@ def test_padding_carries_no_signal_first_batch_gradient_norm(tmp_path: Path) -> 
     give 8 frames, padded to 32; at hop 128 the same recordings give 32 frames, no padding."""
     recordings = _demo(tmp_path / "data", 28, 0.5)
     defaults = {"n_fft": 2048, "hop_length": 512, "n_mels": 128}
-    padded = trainer.prepare(_spec(recordings, tmp_path / "a", **defaults))
+    padded = prepare(_spec(recordings, tmp_path / "a", **defaults))
     assert padded.params.frames == 8 and padded.params.image == (128, 32)
-    unpadded = trainer.prepare(_spec(recordings, tmp_path / "b", **{**defaults, "hop_length": 128}))
+    unpadded = prepare(_spec(recordings, tmp_path / "b", **{**defaults, "hop_length": 128}))
     assert unpadded.params.frames == 32
     norms = (_first_gradient_norm(padded), _first_gradient_norm(unpadded))
     assert all(np.isfinite(norms)) and max(norms) / min(norms) < 10, norms
@@ -132,7 +133,7 @@ def test_mixed_rates_load_at_one_rate_and_a_bounded_length(tmp_path: Path) -> No
         write_iq_wav(path, complex_tone(0.2 * rate, rate, 4000, rng), rate)
         rid = f"00000000-0000-0000-0000-{i:012d}"
         recordings.append(Recording(rid, str(path), "x", None, True, rate, 4000 / rate, 2))
-    fmt = trainer.signal_format(recordings, TrainingConfig(**TINY))  # type: ignore[arg-type]
+    fmt = signal_format(recordings, TrainingConfig(**TINY))  # type: ignore[arg-type]
     # A tie between rates goes to the highest (nothing is thrown away); the length is capped.
     assert fmt.sample_rate == 192000 and fmt.num_samples == 1 << 20 and fmt.channels == 2
     for rec in recordings:
@@ -147,4 +148,4 @@ def test_a_batch_that_cannot_fit_fails_at_once(tmp_path: Path) -> None:
     huge = {"num_samples": 1 << 20, "hop_length": 1, "n_fft": 64, "n_mels": 32,
             "batch_size": 512}  # fmt: skip
     with pytest.raises(DatasetError, match=r"a training batch needs about .* TiB"):
-        trainer.prepare(_spec(recordings, tmp_path / "out", **huge))
+        prepare(_spec(recordings, tmp_path / "out", **huge))

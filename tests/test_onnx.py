@@ -14,10 +14,10 @@ import torch
 from support import TINY
 from support.recordings import complex_tone, write_iq_wav
 
-from services.worker import trainer
 from services.worker.features import InferenceModel
 from services.worker.onnx_export import export_onnx
 from services.worker.progress import NeverStop
+from services.worker.run import TrainSpec, fit_features, prepare
 from shared.config import TrainingConfig
 from shared.datasets import Recording
 from shared.wavio import write_wav
@@ -47,8 +47,8 @@ def _recordings(root: Path, iq: bool) -> list[Recording]:
 def test_onnx_model_stands_alone(tmp_path: Path, channels: str) -> None:
     recordings = _recordings(tmp_path / "data", channels == "iq")
     config = TrainingConfig(**{**TINY, "seed": 1, "hop_length": 128})  # type: ignore[arg-type]
-    run = trainer.prepare(trainer.TrainSpec("onnx", config, recordings, tmp_path / "out"))
-    features = trainer.fit_features(run, NeverStop())
+    run = prepare(TrainSpec("onnx", config, recordings, tmp_path / "out"))
+    features = fit_features(run, NeverStop())
     network = run.network.cpu().eval()
     path = tmp_path / "model.onnx"
     sample = torch.stack([run.train_loader.dataset[i][0] for i in range(4)])

@@ -15,6 +15,7 @@ from arq.jobs import Job
 from litestar.testing import AsyncTestClient
 from support import TINY, running_system, wait_for
 
+from services.tracking import TrackingSettings
 from shared import keys
 from shared.datasets import write_synthetic
 from shared.settings import Settings
@@ -38,11 +39,9 @@ SMALL = {
 
 
 @pytest.fixture
-def mlflow_uri(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> str:
+def mlflow_uri(settings: Settings) -> str:
     """Jobs in these tests are also tracked in a file-based MLflow (and TensorBoard)."""
-    uri = (settings.data_dir.parent / "mlruns").resolve().as_uri()
-    monkeypatch.setenv("HEIMDALL_MLFLOW_TRACKING_URI", uri)
-    return uri
+    return (settings.data_dir.parent / "mlruns").resolve().as_uri()
 
 
 @pytest.fixture
@@ -50,7 +49,7 @@ async def system(
     settings: Settings, db: asyncpg.Connection, mlflow_uri: str
 ) -> AsyncIterator[AsyncTestClient[Any]]:
     await write_synthetic(db, settings.datasets_dir, "sys", 70, seed=2, duration_s=0.25)
-    async with running_system(settings) as client:
+    async with running_system(settings, TrackingSettings(mlflow_uri=mlflow_uri)) as client:
         yield client
 
 

@@ -11,9 +11,13 @@ import pytest
 import torch
 from support import TINY, synthetic_recordings
 
+from services.worker.loop import train_epoch
+from services.worker.preempt import Held, Preempt
 from services.worker.progress import ListSink, NeverStop
-from services.worker.resume import PAUSE, RESUME, Held, latest_point
-from services.worker.trainer import TrainSpec, train
+from services.worker.resume import RESUME, Position, latest_point
+from services.worker.run import TrainSpec, fit_features, prepare
+from services.worker.state import TABLE, capture, restore
+from services.worker.trainer import train
 from shared.config import TrainingConfig
 from shared.datasets import Recording
 from shared.events import BatchProgress, EpochCompleted, JobStarted
@@ -55,7 +59,7 @@ class HoldAfter:
     @property
     def value(self) -> int:
         self.reads -= 1
-        return PAUSE if self.reads < 0 else 0
+        return Preempt.PAUSE if self.reads < 0 else Preempt.NONE
 
 
 def metrics(events: list[Any]) -> list[tuple[Any, ...]]:
@@ -126,3 +130,36 @@ def test_crash_resume_emits_no_point_twice(recordings: list[Recording], tmp_path
     seen = [p[:2] for p in points(first.events + second.events)]
     assert len(seen) == len(set(seen)) and seen == sorted(seen)
     assert [m[0] for m in metrics(first.events + second.events)] == [1, 2, 3]
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def test_a_checkpoint_restores_every_part_it_saves(
+    recordings: list[Recording], tmp_path: Path
+) -> None:
+    """Save and restore go over one key table: a fresh run restored from a trained run's
+    checkpoint captures the same state again, key by key."""
+    spec = make_spec(recordings, tmp_path)
+    trained = prepare(spec)
+    fit_features(trained, NeverStop())
+    train_epoch(trained, 1, 0.01, None, NeverStop())
+    trained.early.update(1, 0.5)
+    saved = capture(trained, Position(2))
+    fresh = prepare(spec)
+    restored = [k for k, e in TABLE.items() if e.load is not None]
+    assert {"model", "optimizer", "scheduler", "early_stopping", "feature_mean", "rng"} <= set(
+        restored
+    )
+    before = capture(fresh, Position(2))
+    assert [k for k in restored if not same(before[k], saved[k])]  # the fresh run differs
+    restore(fresh, saved)
+    again = capture(fresh, Position(2))
+    assert [k for k in restored if not same(again[k], saved[k])] == []

@@ -15,9 +15,9 @@ import pytest
 import torch
 from support import TINY, synthetic_recordings
 
-from services.worker import trainer as trainer_mod
+from services.worker import loop
 from services.worker.checkpoint import load_checkpoint
-from services.worker.data import check_recordings, job_recordings, stratified_split
+from services.worker.data import check_recordings, job_recordings
 from services.worker.errors import (
     AcceleratorUnavailable,
     DatasetError,
@@ -28,9 +28,11 @@ from services.worker.features import ExportLogMel, FeatureParams, LogMel
 from services.worker.hardware import check_accelerator
 from services.worker.model import build_model, head_prefix
 from services.worker.optim import EarlyStopping, LrSchedule, build_optimizer
-from services.worker.process import OPEN, PARENT, TRAINER, claim
+from services.worker.process import Gate, claim
 from services.worker.progress import ListSink, NeverStop, ProgressReporter
-from services.worker.trainer import TrainSpec, prepare, train
+from services.worker.run import TrainSpec, fit_features, prepare
+from services.worker.split import stratified_split
+from services.worker.trainer import train
 from shared.config import TrainingConfig
 from shared.datasets import Recording, write_synthetic
 from shared.events import BatchProgress, EpochCompleted, Event, JobStarted
@@ -139,7 +141,7 @@ def test_feature_params_shape_the_input_and_export_matches(
 
 def test_normalisation_uses_train_split_stats(recordings: list[Recording], tmp_path: Path) -> None:
     run = prepare(spec(recordings, tmp_path))
-    features = trainer_mod.fit_features(run, NeverStop())
+    features = fit_features(run, NeverStop())
     x = torch.cat([features(w) for w, _ in run.train_loader])
     assert abs(float(x.mean())) < 1e-3
     assert abs(float(x.transpose(0, 2).reshape(32, -1).std(dim=1).mean()) - 1.0) < 1e-2
@@ -223,7 +225,7 @@ def test_seeded_run_is_reproducible_and_reports_its_schedule(
         result = train(spec(recordings, path, seed=seed, **overrides), sink, NeverStop())
         runs.append([(e.train_loss, e.val_loss, e.gradient_norm) for e in result.history])
         epochs = of(EpochCompleted, sink.events)
-        assert [e.epoch for e in epochs] == [1, 2] and result.epochs_run == 2
+        assert [e.epoch for e in epochs] == [1, 2] and result.completed.epochs_run == 2
         assert [e.learning_rate for e in epochs] == pytest.approx([0.001, 0.002])
         assert all(e.gradient_norm and e.gradient_norm > 0 for e in epochs)
         assert (path / "out" / "best.pt").exists() and (path / "out" / "last.pt").exists()
@@ -239,8 +241,8 @@ def test_freeze_backbone_trains_only_the_head(recordings: list[Recording], tmp_p
     names = [n for n, _ in run.network.named_parameters()]
     trainable = {n for n, p in run.network.named_parameters() if p.requires_grad}
     assert trainable == {n for n in names if n.startswith(prefix)} and len(trainable) < len(names)
-    trainer_mod.fit_features(run, NeverStop())
-    trainer_mod.train_epoch(run, 1, 0.01, None, NeverStop())
+    fit_features(run, NeverStop())
+    loop.train_epoch(run, 1, 0.01, None, NeverStop())
     after = run.network.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(prefix) for k in changed)
@@ -250,11 +252,12 @@ def test_early_stop_patience_ends_the_job(
     recordings: list[Recording], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     losses = iter([1.0, 0.8, 0.9, 0.85, 0.7, 0.6])
-    monkeypatch.setattr(trainer_mod, "validate", lambda run, stop: (next(losses), 0.5))
+    monkeypatch.setattr(loop, "validate", lambda run, stop: (next(losses), 0.5))
     sink = ListSink()
     result = train(spec(recordings, tmp_path, epochs=6, early_stop_patience=2), sink, NeverStop())
-    assert result.stopped_early and result.epochs_run == 4
-    assert result.best_epoch == 2 and result.best_val_loss == 0.8
+    done = result.completed
+    assert done.stopped_early and done.epochs_run == 4
+    assert done.best_epoch == 2 and done.best_val_loss == 0.8
     assert [e.is_best for e in of(EpochCompleted, sink.events)] == [True, True, False, False]
 
 
@@ -304,9 +307,9 @@ def test_stop_is_seen_in_training_and_in_validation(
 def test_terminal_gate_admits_one_claimant() -> None:
     import multiprocessing as mp
 
-    gate = mp.get_context("spawn").Value("i", OPEN)
-    assert claim(gate, PARENT)
-    assert not claim(gate, TRAINER) and not claim(gate, PARENT)
+    gate = mp.get_context("spawn").Value("i", Gate.OPEN)
+    assert claim(gate, Gate.PARENT)
+    assert not claim(gate, Gate.TRAINER) and not claim(gate, Gate.PARENT)
 
 
 def test_onnx_export_matches_pytorch(recordings: list[Recording], tmp_path: Path) -> None:
@@ -314,9 +317,10 @@ def test_onnx_export_matches_pytorch(recordings: list[Recording], tmp_path: Path
     result = train(
         replace(spec(recordings, tmp_path, epochs=1), export_onnx=True), sink, NeverStop()
     )
-    assert result.onnx_model_path and Path(result.onnx_model_path).exists()
-    assert result.onnx_max_abs_diff is not None and result.onnx_max_abs_diff < 2e-3
-    state = load_checkpoint(Path(result.checkpoint_path or ""))
+    done = result.completed
+    assert done.onnx_model_path and Path(done.onnx_model_path).exists()
+    assert done.onnx_max_abs_diff is not None and done.onnx_max_abs_diff < 2e-3
+    state = load_checkpoint(Path(done.checkpoint_path or ""))
     for key in ("model", "optimizer", "scheduler", "early_stopping", "epoch", "features"):
         assert key in state
     assert state["classes"] == sorted({r.label for r in recordings})
@@ -331,7 +335,8 @@ def test_short_spectrograms_are_padded_to_what_convnext_needs(
     short = spec(recordings, tmp_path, epochs=1, n_fft=2048, hop_length=512, n_mels=16)
     result = train(replace(short, export_onnx=True), sink, NeverStop())
     assert len(of(EpochCompleted, sink.events)) == 1
-    assert result.onnx_max_abs_diff is not None and result.onnx_max_abs_diff < 2e-3
+    diff = result.completed.onnx_max_abs_diff
+    assert diff is not None and diff < 2e-3
 
 
 def test_pretrained_loads_from_a_prepopulated_cache(

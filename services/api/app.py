@@ -11,9 +11,10 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from services.api.auth import token_guard
 from services.api.dashboard import dashboard_routes
+from services.api.datasets import DatasetsController
 from services.api.errors import EXCEPTION_HANDLERS
+from services.api.health import health, ready
 from services.api.jobs import JobsController
-from services.api.misc import DatasetsController, health, ready
 from services.api.observability import PROMETHEUS, metrics
 from services.api.resources import lifespan
 from services.api.ws import ws_routes

@@ -1,4 +1,9 @@
-"""Domain errors of the API, and the one place that turns them into HTTP responses."""
+"""The one place that turns errors into HTTP responses.
+
+The domain errors are defined in `shared/errors.py` (no HTTP there); this module maps each kind
+to a status code, and turns the framework's and the drivers' errors into a JSON body with a
+detail a person can act on, never a driver's internal message.
+"""
 
 from __future__ import annotations
 
@@ -10,41 +15,26 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from shared.errors import Conflict, HeimdallError, InvalidInput, NotFound, Unavailable
+
 log = structlog.get_logger(__name__)
 
 
-class HeimdallError(Exception):
-    """Base of the domain errors; `status_code` is how the edge reports it."""
-
-    status_code = 400
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
+STATUS: dict[type[HeimdallError], int] = {
+    InvalidInput: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Unavailable: 503,
+}
+"""Each kind of domain error's status code; the most specific class listed wins."""
 
 
-class InvalidInput(HeimdallError):
-    """A request that names a bad field or value."""
-
-    def __init__(self, detail: str, field: str | None = None) -> None:
-        super().__init__(detail, field=field)
-
-
-class NotFound(HeimdallError):
-    status_code = 404
-
-
-class Conflict(HeimdallError):
-    """The request is valid but the job's state does not allow it."""
-
-    status_code = 409
-
-
-class Unavailable(HeimdallError):
-    """A store the request needs is unreachable; the caller may retry."""
-
-    status_code = 503
+def status_of(exc: HeimdallError) -> int:
+    """The status code for a domain error: its nearest listed class, else 400."""
+    for kind in type(exc).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 400
 
 
 def _body(status: int, detail: str, extra: Any = None) -> dict[str, Any]:
@@ -56,7 +46,8 @@ def _body(status: int, detail: str, extra: Any = None) -> dict[str, Any]:
 
 def heimdall_error_handler(_: Request[Any, Any, Any], exc: HeimdallError) -> Response[Any]:
     extra = {k: v for k, v in exc.extra.items() if v is not None}
-    return Response(_body(exc.status_code, exc.detail, extra), status_code=exc.status_code)
+    status = status_of(exc)
+    return Response(_body(status, exc.detail, extra), status_code=status)
 
 
 def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
@@ -98,3 +89,13 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     asyncpg.DataError: data_error_handler,
     Exception: unexpected_handler,
 }
+
+
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "Conflict",
+    "HeimdallError",
+    "InvalidInput",
+    "NotFound",
+    "Unavailable",
+]

@@ -25,7 +25,8 @@ from services.tracking import delete_tracking
 from shared import keys
 from shared.commands import CancelJob, DeleteJob, PauseJob, ResumeJob, SubmitJob, send_command
 from shared.config import ConfigError, TrainingConfig
-from shared.events import JobCancelled, JobPaused, JobQueued, JobResumed
+from shared.event_log import events_after
+from shared.events import JobCancelled, JobPaused, JobQueued, JobResumed, parse_event_id
 from shared.jobs import fetch_job, insert_job
 from shared.status import ACTIVE, TERMINAL, JobStatus
 
@@ -233,12 +234,16 @@ class JobsController(Controller):
         self,
         job_id: FromPath[str],
         state: State,
-        after: Annotated[str | None, QueryParameter(pattern=r"^\d+-\d+$", max_length=40)] = None,
+        after: Annotated[
+            str | None, QueryParameter(description="an event_id: only events after it")
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
     ) -> Response[bytes]:
         res = _res(state)
+        if after:
+            parse_event_id(after)  # a bad id is a 400 naming `after` (shared.events)
         await _job_or_404(res, job_id)
-        events = await store.events_after(res.db, res.redis, job_id, after, limit)
+        events = await events_after(res.db, res.redis, job_id, after, limit)
         last = events[-1].event_id if events else after
         body = msgspec.json.encode({"job_id": job_id, "events": events, "last_event_id": last})
         return Response(body, media_type="application/json")

@@ -251,6 +251,10 @@ class LiveHub:
         self._listeners.clear()
         await self._close()
 
+    async def aclose(self) -> None:
+        """Cut every listener off and close the connection (the app's lifespan ends)."""
+        await self._reset(FEED_INTERRUPTED)
+
     async def _close(self) -> None:
         reader, self._reader = self._reader, None
         if reader is not None:

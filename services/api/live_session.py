@@ -2,7 +2,7 @@
 
 Resume without a gap or a duplicate: the session subscribes to the job's channel first (the
 hub buffers what arrives), then reads the backlog after the client's cursor (database and the
-job's Redis stream, see `store.events_after`), sends it, and only then drains the buffer,
+job's Redis stream, see `shared.event_log`), sends it, and only then drains the buffer,
 skipping every id it has already sent. An event published while the backlog is read is in both
 and goes out once; one published after it is in the buffer.
 """
@@ -21,10 +21,10 @@ from litestar import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 
 from services.api import live_messages as msg
-from services.api import store
 from services.api.live_hub import FEED_TOO_SLOW, FeedLost, LiveItem, Subscription
 from services.api.resources import Resources
 from shared import live_state
+from shared.event_log import StoredEvent, events_after
 from shared.events import EpochCompleted, JobWarning, decode_event, parse_event_id
 
 log = structlog.get_logger(__name__)
@@ -111,7 +111,7 @@ class Feed:
         return item
 
 
-def stored_item(event: store.StoredEvent) -> LiveItem:
+def stored_item(event: StoredEvent) -> LiveItem:
     try:
         decoded: Any = decode_event(event.event)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -123,7 +123,7 @@ async def send_backlog(res: Resources, job_id: str, feed: Feed, after: str | Non
     """Every stored event after `after`, page by page, until the job finishes or none is left."""
     cursor = after
     while not feed.finished:
-        page = await store.events_after(res.db, res.redis, job_id, cursor, BACKLOG_PAGE)
+        page = await events_after(res.db, res.redis, job_id, cursor, BACKLOG_PAGE)
         for event in page:
             await feed.apply(stored_item(event))
             if feed.finished:

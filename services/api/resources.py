@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 import asyncpg
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from litestar import Litestar
+from litestar.datastructures import State
 
 from services.api.cache import ResponseCache
+from services.api.live_hub import LiveHub
 from shared import keys
 from shared.db import create_pool as create_db_pool
 from shared.db import migrate
@@ -25,8 +27,15 @@ class Resources:
     redis: ArqRedis
     """Also the arq queue client: an ArqRedis is a redis.asyncio.Redis."""
     emitter: AsyncEmitter
+    hub: LiveHub
+    """The process's one pub/sub connection, shared by every WebSocket (see live_hub)."""
     metrics_cache: ResponseCache = field(default_factory=ResponseCache)
     """Encoded metrics responses, keyed by the job's last event id (see services/api/cache)."""
+
+
+def resources_of(state: State) -> Resources:
+    """The running app's resources (set by `lifespan`), for route handlers."""
+    return state.resources  # type: ignore[no-any-return,unused-ignore]
 
 
 @asynccontextmanager
@@ -43,11 +52,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             retry=3,
         )
         stack.push_async_callback(redis.aclose)
+        hub = LiveHub(settings.redis_url)  # connects on its first listener
+        stack.push_async_callback(hub.aclose)
         yield Resources(
             settings=settings,
             db=pool,
             redis=redis,
             emitter=AsyncEmitter(redis, settings.job_stream_maxlen),
+            hub=hub,
         )
 
 

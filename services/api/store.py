@@ -7,14 +7,9 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import redis.asyncio as aredis
 
-from shared import keys
-from shared.events import parse_event_id
 from shared.jobs import utcnow
 from shared.status import JobStatus, sql_rank_case
-
-PHASES = ("epoch", "train", "val", "test")
 
 
 async def list_jobs(
@@ -161,50 +156,3 @@ async def metrics_json(
 
 async def recent_epochs(pool: asyncpg.Pool, job_id: str, limit: int = 10) -> list[Any]:
     return list(msgspec.json.decode(await metrics_json(pool, job_id, "epoch", limit, None)))
-
-
-class StoredEvent(msgspec.Struct):
-    event_id: str
-    event: msgspec.Raw
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-async def events_after(
-    pool: asyncpg.Pool,
-    client: aredis.Redis,
-    job_id: str,
-    after: str | None,
-    limit: int,
-) -> list[StoredEvent]:
-    """A job's events after `after`, in order, with no gap even while the recorder lags.
-
-    The job's Redis stream holds the newest window of events exactly as emitted; the database
-    holds everything the recorder has committed. Events older than the window come from the
-    database, the rest from the stream.
-    """
-    after_key = parse_event_id(after) if after else (-1, 0)
-    stream = keys.job_stream(job_id)
-    oldest = await client.xrange(stream, count=1)
-    window_start = parse_event_id(_text(oldest[0][0])) if oldest else None
-    out: list[StoredEvent] = []
-    if window_start is None or after_key < window_start:
-        upper = window_start or (2**62, 0)
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT event_id, payload::text AS payload FROM training_events"
-                " WHERE training_job_id = $1 AND (id_ms, id_seq) > ($2, $3)"
-                " AND (id_ms, id_seq) < ($4, $5) ORDER BY id_ms, id_seq LIMIT $6",
-                uuid.UUID(job_id),
-                *after_key,
-                *upper,
-                limit,
-            )
-        out = [StoredEvent(r["event_id"], msgspec.Raw(r["payload"].encode())) for r in rows]
-    if window_start is not None and len(out) < limit:
-        start = f"({after}" if after and after_key >= window_start else "-"
-        for entry_id, fields in await client.xrange(stream, min=start, count=limit - len(out)):
-            out.append(StoredEvent(_text(entry_id), msgspec.Raw(fields[b"data"])))
-    return out

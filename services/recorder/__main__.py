@@ -1,7 +1,8 @@
 """`python -m services.recorder`: one recorder process (what `heimdall recorder` runs).
 
 Flags override the environment (`HEIMDALL_*`, `HEIMDALL_RECORDER_*`, `HEIMDALL_METRICS_*`).
-Without store URLs it joins (or starts) the embedded stores of the data dir. SIGTERM and SIGINT
+Both store URLs are needed; `heimdall recorder` is the command that joins (or starts) the
+embedded stores of a data dir, so that the recorder never imports the CLI. SIGTERM and SIGINT
 stop it after the batch in hand is persisted and acked.
 """
 
@@ -12,9 +13,11 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from shared.errors import ConfigurationError
 from shared.logs import configure_logging
 from shared.settings import Settings
 
@@ -26,7 +29,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.recorder", description=__doc__)
     parser.add_argument("--redis-url", help="Redis/Valkey URL (HEIMDALL_REDIS_URL)")
     parser.add_argument("--database-url", help="PostgreSQL DSN (HEIMDALL_DATABASE_URL)")
-    parser.add_argument("--data-dir", type=Path, help="data dir, for embedded stores")
+    parser.add_argument("--data-dir", type=Path, help="data dir (HEIMDALL_DATA_DIR)")
     parser.add_argument("--consumer", help="consumer name in the group (default: unique)")
     parser.add_argument("--batch-size", type=int, help="entries per read and per transaction")
     parser.add_argument("--block-ms", type=int, help="longest wait of one read")
@@ -40,8 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def recorder_settings(args: argparse.Namespace) -> RecorderSettings:
-    base = RecorderSettings.from_env()
+def recorder_settings(args: argparse.Namespace, base: RecorderSettings) -> RecorderSettings:
     given = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(RecorderSettings)
@@ -50,31 +52,32 @@ def recorder_settings(args: argparse.Namespace) -> RecorderSettings:
     return dataclasses.replace(base, **given)
 
 
-async def _main(args: argparse.Namespace) -> None:
-    from services.cli.embedded import embedded_stores
-
-    settings = Settings.from_env().with_overrides(
-        redis_url=args.redis_url,
-        database_url=args.database_url,
-        data_dir=args.data_dir,
-        log_level=args.log_level.upper() if args.log_level else None,
-        log_json=args.log_json,
-    )
+async def _main(args: argparse.Namespace, settings: Settings, rs: RecorderSettings) -> None:
     configure_logging(settings.log_level, settings.log_json)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    with embedded_stores(settings) as resolved:
-        await run_recorder(
-            resolved, stop=stop, consumer=args.consumer, recorder_settings=recorder_settings(args)
-        )
+    await run_recorder(settings, stop=stop, consumer=args.consumer, recorder_settings=rs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    try:
+        settings = Settings.from_env().with_overrides(
+            redis_url=args.redis_url,
+            database_url=args.database_url,
+            data_dir=args.data_dir,
+            log_level=args.log_level.upper() if args.log_level else None,
+            log_json=args.log_json,
+        )
+        rs = recorder_settings(args, RecorderSettings.from_env())
+    except ConfigurationError as exc:
+        sys.exit(f"error: {exc.detail}")
+    if not settings.redis_url or not settings.database_url:
+        sys.exit("error: give --redis-url and --database-url (or use `heimdall recorder`)")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(args))
+        asyncio.run(_main(args, settings, rs))
 
 
 if __name__ == "__main__":

@@ -230,12 +230,12 @@ async def run_recorder(
 ) -> None:
     """Run the recorder until `stop` is set (or SIGTERM/SIGINT when no `stop` is given).
 
-    `settings` must carry both store URLs. `recorder_settings` defaults to
-    `RecorderSettings.from_env()`.
+    `settings` must carry both store URLs. `recorder_settings` (default: the defaults) is
+    loaded from the environment by the caller (the CLI), never here.
     """
     if not settings.redis_url or not settings.database_url:
         raise ValueError("the recorder needs settings.redis_url and settings.database_url")
-    rs = recorder_settings or RecorderSettings.from_env()
+    rs = recorder_settings or RecorderSettings()
     consumer = consumer or default_consumer_name()
     with structlog.contextvars.bound_contextvars(consumer=consumer), tuned_gc():
         await _run(settings, rs, consumer, stop)

@@ -2,19 +2,22 @@
 
 The shared `Settings` says where the stores are; these say how the recorder consumes and what
 it keeps. Every field can be set with a `HEIMDALL_RECORDER_*` variable (or, for the two
-TimescaleDB policies, `HEIMDALL_METRICS_*`).
+TimescaleDB policies, `HEIMDALL_METRICS_*`), through the one loader in `shared/env.py`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from shared.env import EnvSettings
 
 
 @dataclass(frozen=True, slots=True)
-class RecorderSettings:
+class RecorderSettings(EnvSettings):
     """How the recorder reads the events stream and writes the database."""
+
+    env_prefix: ClassVar[str] = "HEIMDALL_RECORDER_"
 
     batch_size: int = 1000
     """Stream entries read per XREADGROUP and written per transaction."""
@@ -40,25 +43,12 @@ class RecorderSettings:
     retry_max_s: float = 5.0
     """Longest wait between two attempts while a store is down."""
 
-    metrics_retention_days: float | None = None
+    metrics_retention_days: float | None = field(
+        default=None, metadata={"env": "HEIMDALL_METRICS_RETENTION_DAYS"}
+    )
     """TimescaleDB only: drop training_metrics chunks older than this (None: keep forever)."""
 
-    metrics_compress_after_days: float | None = None
+    metrics_compress_after_days: float | None = field(
+        default=None, metadata={"env": "HEIMDALL_METRICS_COMPRESS_AFTER_DAYS"}
+    )
     """TimescaleDB only: compress training_metrics chunks older than this (None: never)."""
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RecorderSettings:
-        """Build from `HEIMDALL_RECORDER_<FIELD>`; the two metrics policies read
-        `HEIMDALL_METRICS_RETENTION_DAYS` and `HEIMDALL_METRICS_COMPRESS_AFTER_DAYS`."""
-        env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            if f.name.startswith("metrics_"):
-                name = "HEIMDALL_" + f.name.upper()
-            else:
-                name = "HEIMDALL_RECORDER_" + f.name.upper()
-            raw = env.get(name)
-            if not raw:
-                continue
-            values[f.name] = float(raw) if "float" in str(f.type) else int(raw)
-        return cls(**values)  # type: ignore[arg-type]

@@ -1,16 +1,13 @@
-"""The tracking switches, read from the environment once at start-up and passed in."""
+"""The tracking switches, read from the environment once at start-up (by the CLI) and passed in."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.env import EnvSettings
 from shared.settings import Settings
-
-OFF = {"0", "false", "no", "off"}
 
 DEFAULT_MLFLOW_TIMEOUT_S = 10.0
 
@@ -26,31 +23,22 @@ def mlflow_installed() -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class TrackingSettings:
-    """Which trackers a worker feeds."""
+class TrackingSettings(EnvSettings):
+    """Which trackers a worker feeds (`HEIMDALL_*` variables, through `shared/env.py`)."""
 
     tensorboard: bool = True
     """Write TensorBoard event files (when the package is installed); `HEIMDALL_TENSORBOARD=0`
     turns it off."""
 
-    mlflow_uri: str | None = field(default=None, repr=False)
+    mlflow_uri: str | None = field(
+        default=None, repr=False, metadata={"env": "HEIMDALL_MLFLOW_TRACKING_URI"}
+    )
     """MLflow tracking URI (`HEIMDALL_MLFLOW_TRACKING_URI`); None: no MLflow. Hidden from repr
     because such URIs may carry credentials."""
 
     mlflow_timeout_s: float = DEFAULT_MLFLOW_TIMEOUT_S
     """Longest wait for one MLflow call before MLflow counts as unavailable for the job
     (`HEIMDALL_MLFLOW_TIMEOUT_S`). Uploading the model gets ten times as long."""
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> TrackingSettings:
-        env = os.environ if env is None else env
-        switch = env.get("HEIMDALL_TENSORBOARD", "").strip().lower()
-        timeout = env.get("HEIMDALL_MLFLOW_TIMEOUT_S", "").strip()
-        return cls(
-            tensorboard=switch not in OFF,
-            mlflow_uri=env.get("HEIMDALL_MLFLOW_TRACKING_URI", "").strip() or None,
-            mlflow_timeout_s=float(timeout) if timeout else DEFAULT_MLFLOW_TIMEOUT_S,
-        )
 
 
 def tensorboard_root(settings: Settings) -> Path:

@@ -11,6 +11,7 @@ waits for any of it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ from shared.events import (
     TrackingLinked,
     decode_event,
 )
+from shared.retry import Backoff, retry
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -194,17 +196,17 @@ class _Tracking:
 async def _follow(tracking: _Tracking) -> None:
     stream = keys.job_stream(tracking.job_id)
     last_id = tracking.state.last_id
-    backoff = RETRY_MIN_S
+    backoff = Backoff(RETRY_MIN_S, RETRY_MAX_S)
     while not tracking.state.done:
-        try:
-            reply = await tracking.client.xread({stream: last_id}, count=READ_COUNT, block=BLOCK_MS)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            # Training goes on without Redis for a while; so does its tracker.
-            log.warning("redis unavailable; tracking retries", error=str(exc), in_s=backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RETRY_MAX_S)
-            continue
-        backoff = RETRY_MIN_S
+        # Training goes on without Redis for a while; so does its tracker.
+        reply = await retry(
+            functools.partial(
+                tracking.client.xread, {stream: last_id}, count=READ_COUNT, block=BLOCK_MS
+            ),
+            what="tracking: the job's stream",
+            transient=(RedisConnectionError, RedisTimeoutError),
+            backoff=backoff,
+        )
         if not reply:
             if await tracking.job_gone():
                 log.info("job stream gone; tracking stops")

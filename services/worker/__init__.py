@@ -9,8 +9,12 @@ Layout, one concern per module:
 - `runner` — one job from the queue to its final event (checks, cancel, supervision);
 - `listener` — the commands stream (cancel/delete), read by every worker;
 - `process` — training process(es) and the one-shot gate for the final event;
-- `trainer` — the training loop as plain typed functions; `ddp` — data parallelism;
-- `data`, `features`, `model`, `optim`, `progress`, `artifacts`, `checkpoint`, `onnx_export`.
+- `preempt` — pause, suspend and cancel as one enum (hold signal, `Held`, exit codes);
+- `trainer` — a job's training from start or checkpoint to its JobCompleted;
+- `run` — what to train (`TrainSpec`) and the run built for it (`prepare`); `loop` — its epochs;
+- `state` — what a checkpoint holds, saved and restored over one key table; `resume` — where a
+  run stands and which checkpoint it continues from; `artifacts` — writing checkpoints, ONNX;
+- `split`, `data`, `features`, `model`, `optim`, `progress`, `ddp`, `checkpoint`, `onnx_export`.
 
 The worker never writes job rows: it reads the job and its recordings and emits events, which
 the recorder projects into the database.

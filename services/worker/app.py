@@ -50,7 +50,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     listener = CommandListener(client)
     await listener.start()
     ctx["listener"] = listener
-    ctx["trackers"] = JobTrackers(settings, client, TrackingSettings.from_env())
+    ctx["trackers"] = JobTrackers(settings, client, ctx["tracking"])
     ctx["runner"] = JobRunner(settings, ctx["db_pool"], client, listener, ctx["trackers"])
     reaper = Reaper(settings, ctx["db_pool"], client, ctx["redis"])
     ctx["reaper"] = asyncio.create_task(reaper.run_forever(), name="heimdall-reaper")
@@ -88,10 +88,12 @@ def create_worker(
     max_jobs: int = 1,
     handle_signals: bool = True,
     poll_delay_s: float = 0.5,
+    tracking: TrackingSettings | None = None,
 ) -> Worker:
     """An arq Worker for `train_job` on `keys.ARQ_QUEUE`. `settings.redis_url` and
     `settings.database_url` must be set (the CLI resolves embedded stores first). `max_jobs`
-    is how many jobs this worker trains at once; run more workers to scale out."""
+    is how many jobs this worker trains at once; run more workers to scale out. `tracking`
+    (default: TensorBoard only) says which trackers follow each job."""
     if not settings.redis_url or not settings.database_url:
         raise ValueError("the worker needs settings.redis_url and settings.database_url")
     return Worker(
@@ -100,7 +102,7 @@ def create_worker(
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
-        ctx={"settings": settings},
+        ctx={"settings": settings, "tracking": tracking or TrackingSettings()},
         burst=burst,
         max_jobs=max_jobs,
         job_timeout=JOB_TIMEOUT_S,
@@ -111,10 +113,16 @@ def create_worker(
     )
 
 
-async def run_worker(settings: Settings, *, burst: bool = False, max_jobs: int = 1) -> None:
+async def run_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    max_jobs: int = 1,
+    tracking: TrackingSettings | None = None,
+) -> None:
     """Run the worker until SIGINT/SIGTERM (or, with `burst`, until the queue is empty), then
     stop any training process and close every connection."""
-    worker = create_worker(settings, burst=burst, max_jobs=max_jobs)
+    worker = create_worker(settings, burst=burst, max_jobs=max_jobs, tracking=tracking)
     try:
         await worker.async_run()
     except asyncio.CancelledError:

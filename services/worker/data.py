@@ -1,4 +1,5 @@
-"""Recordings → tensors: the stratified seeded split, the waveform dataset and its loaders.
+"""Recordings → tensors: selecting them, the waveform dataset and its loaders (the split is in
+`split.py`).
 
 Waveforms are loaded as float32 at one sample rate and one length (see `bounds.py`), so batches
 stack without collation tricks: real ones as (samples,), IQ ones as (2, samples) with I and Q
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,19 +27,6 @@ from services.worker.errors import DatasetError
 from services.worker.features import FeatureParams
 from shared.config import TrainingConfig
 from shared.datasets import Recording, load_signal, select_recordings
-
-
-@dataclass(frozen=True, slots=True)
-class Split:
-    """The recordings a job trains and validates on, and the class names (index = label id)."""
-
-    train: list[Recording]
-    val: list[Recording]
-    classes: list[str]
-
-    @property
-    def size(self) -> int:
-        return len(self.train) + len(self.val)
 
 
 async def job_recordings(conn: asyncpg.Connection, config: TrainingConfig) -> list[Recording]:
@@ -71,25 +59,6 @@ def check_recordings(recordings: Sequence[Recording], config: TrainingConfig) ->
             f"{filters} selects {len(recordings)} recordings of a single class"
             f" ({next(iter(labels))!r}); a classifier needs at least two classes."
         )
-
-
-def stratified_split(recordings: Sequence[Recording], validation_split: float, seed: int) -> Split:
-    """Per class, a seeded shuffle and `validation_split` of it held out (at least one recording
-    of each class stays in training). The same seed and recordings give the same split."""
-    classes = sorted({r.label for r in recordings})
-    by_class: dict[str, list[Recording]] = defaultdict(list)
-    for rec in sorted(recordings, key=lambda r: (r.label, r.id)):
-        by_class[rec.label].append(rec)
-    rng = random.Random(seed)
-    train: list[Recording] = []
-    val: list[Recording] = []
-    for label in classes:
-        items = by_class[label]
-        rng.shuffle(items)
-        n_val = min(round(len(items) * validation_split), len(items) - 1)
-        val.extend(items[:n_val])
-        train.extend(items[n_val:])
-    return Split(train=train, val=val, classes=classes)
 
 
 @dataclass(frozen=True, slots=True)

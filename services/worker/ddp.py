@@ -77,11 +77,6 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "module", None)
-    return inner if isinstance(model, nn.parallel.DistributedDataParallel) and inner else model
-
-
 def all_sum(info: DistInfo, *tensors: torch.Tensor) -> list[torch.Tensor]:
     """Sums across ranks (in one collective) of same-device tensors; identity for one process."""
     if not info.enabled:
@@ -92,6 +87,15 @@ def all_sum(info: DistInfo, *tensors: torch.Tensor) -> list[torch.Tensor]:
     for t in tensors:
         out.append(flat[start : start + t.numel()].reshape(t.shape).to(t.dtype))
         start += t.numel()
+    return out
+
+
+def all_max(info: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise maximum across ranks; identity for one process."""
+    if not info.enabled:
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out
 
 

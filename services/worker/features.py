@@ -130,32 +130,37 @@ class LogMel(nn.Module):
 
 class Normalize(nn.Module):
     """Pad with the log of silence up to MIN_SIDE in each dimension, then standardise per bin
-    with statistics from the training split (padded rows: the statistics of all bins)."""
+    with statistics from the training split (padded rows: the statistics of all bins).
+
+    `mean` and `std` (one value per band) are the only state, so statistics copied in later
+    (from the training split or a checkpoint) take effect everywhere."""
 
     mean: torch.Tensor
     std: torch.Tensor
-    row_mean: torch.Tensor
-    row_std: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, frames: int) -> None:
         super().__init__()
-        mean, std = mean.detach().flatten().double().cpu(), std.detach().flatten().double().cpu()
-        self.register_buffer("mean", mean.float().reshape(1, 1, -1, 1).clone())
-        self.register_buffer("std", std.float().reshape(1, 1, -1, 1).clone())
-        rows = max(0, MIN_SIDE - mean.numel())
-        overall = mean.mean()
-        spread = ((std**2 + mean**2).mean() - overall**2).clamp_min(0).sqrt().clamp_min(1e-5)
-        row_mean = torch.cat([mean, overall.repeat(rows)])
-        row_std = torch.cat([std, spread.repeat(rows)])
-        self.register_buffer("row_mean", row_mean.float().reshape(1, 1, -1, 1))
-        self.register_buffer("row_std", row_std.float().reshape(1, 1, -1, 1))
+        self.register_buffer("mean", mean.detach().reshape(1, 1, -1, 1).float().clone())
+        self.register_buffer("std", std.detach().reshape(1, 1, -1, 1).float().clone())
         # Fixed by the feature parameters, so the export traces a constant padding.
-        self.pad = (0, max(0, MIN_SIDE - frames), 0, rows)
+        self.rows = max(0, MIN_SIDE - mean.numel())
+        self.pad = (0, max(0, MIN_SIDE - frames), 0, self.rows)
+
+    def _row_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.rows:
+            return self.mean, self.std
+        overall = self.mean.mean()
+        spread = ((self.std**2 + self.mean**2).mean() - overall**2).clamp_min(0).sqrt()
+        fill = torch.ones(1, 1, self.rows, 1, device=self.mean.device)
+        mean = torch.cat([self.mean, fill * overall], dim=2)
+        std = torch.cat([self.std, fill * spread.clamp_min(1e-5)], dim=2)
+        return mean, std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(self.pad):
             x = nn.functional.pad(x, self.pad, value=math.log(LOG_FLOOR))
-        return (x - self.row_mean) / self.row_std
+        mean, std = self._row_stats()
+        return (x - mean) / std
 
 
 class FeatureExtractor(nn.Module):

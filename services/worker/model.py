@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
-from unittest import mock
 from urllib.parse import urlparse
 
 import structlog
@@ -59,14 +57,16 @@ def _hf_hub_id(architecture: str) -> str | None:
     return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
 
 
-def _cached(hub_id: str) -> bool:
+def _cached(hub_id: str) -> str | None:
+    """The weights file of `hub_id` in the local Hugging Face cache, or None."""
     from huggingface_hub import try_to_load_from_cache
 
     repo, _, revision = hub_id.partition("@")
-    return any(
-        isinstance(try_to_load_from_cache(repo, name, revision=revision or None), str)
-        for name in _WEIGHT_FILES
-    )
+    for name in _WEIGHT_FILES:
+        path = try_to_load_from_cache(repo, name, revision=revision or None)
+        if isinstance(path, str):
+            return path
+    return None
 
 
 def _hub_unreachable() -> str | None:
@@ -85,12 +85,6 @@ def _hub_unreachable() -> str | None:
     return None
 
 
-def _offline() -> AbstractContextManager[Any]:
-    from huggingface_hub import constants
-
-    return mock.patch.object(constants, "HF_HUB_OFFLINE", True)
-
-
 def _create_pretrained(architecture: str, kwargs: dict[str, Any]) -> nn.Module:
     hub_id = _hf_hub_id(architecture) or f"timm/{architecture}"
     how = (
@@ -101,16 +95,19 @@ def _create_pretrained(architecture: str, kwargs: dict[str, Any]) -> nn.Module:
         " with pretrained=false to train from scratch."
     )
     cached = _cached(hub_id)
-    if not cached:
+    if cached is None:
         reason = _hub_unreachable()
         if reason is not None:
             raise PretrainedWeightsUnavailable(
                 f"pretrained=true needs the ImageNet weights of {architecture} ({hub_id}), which"
                 f" are not in the local Hugging Face cache, and {reason}. {how}"
             )
+    # A cached file is loaded as a file: timm then never asks the hub (offline, at once).
+    overlay = {"file": cached} if cached is not None else None
     try:
-        with _offline() if cached else nullcontext():
-            model = timm.create_model(architecture, pretrained=True, **kwargs)
+        model = timm.create_model(
+            architecture, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+        )
     except Exception as exc:
         raise PretrainedWeightsUnavailable(
             f"pretrained=true: loading the ImageNet weights of {architecture} ({hub_id})"

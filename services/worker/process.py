@@ -19,17 +19,18 @@ import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
+from enum import IntEnum
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event as MpEvent
-from pathlib import Path
 from typing import Any
 
 from services.worker.ddp import DistInfo, free_init_method
 from services.worker.errors import TrainingCancelled, WorkerError
-from shared.config import TrainingConfig
-from shared.datasets import Recording
+from services.worker.preempt import Preempt
+from services.worker.progress import EventSink
+from services.worker.run import TrainSpec
 
 PRELOAD = [
     "torch",
@@ -43,34 +44,28 @@ PRELOAD = [
 ]
 """Imported once by the forkserver, inherited by every training process it forks."""
 
-OPEN, TRAINER, PARENT = 0, 1, 2
-"""States of the terminal gate."""
+EXIT_FAILED = 1
+"""A training process's exit code when training failed (it has emitted JobFailed if it could)."""
 
-EXIT_CANCELLED = 3
-EXIT_PAUSED = 4
-"""The trainer wrote its pause checkpoint and emitted JobPaused."""
-EXIT_SUSPENDED = 5
-"""The trainer wrote its pause checkpoint because the worker is shutting down."""
+
+class Gate(IntEnum):
+    """The terminal gate: who may emit the job's final event (the first claimant only)."""
+
+    OPEN = 0
+    TRAINER = 1
+    PARENT = 2
 
 
 @dataclass(frozen=True)
 class Payload:
-    """What a training process needs; picklable, since it crosses a spawn."""
+    """What a training process needs: the run itself and how to report; picklable, since it
+    crosses a spawn."""
 
-    job_id: str
-    config: TrainingConfig
-    recordings: list[Recording]
-    out_dir: Path
+    spec: TrainSpec
     redis_url: str
-    worker: str
-    attempt: int
-    progress_interval_s: float
     job_stream_maxlen: int
-    seed: int
     log_level: str = "INFO"
     log_json: bool = False
-    emitted: tuple[int, int] = (0, 0)
-    emitted_epochs: int = 0
     worker_pid: int = 0
     """The supervising worker; a training process whose worker is gone stops by itself."""
 
@@ -118,10 +113,10 @@ def warm_up() -> None:
         forkserver.ensure_running()
 
 
-def claim(gate: Synchronized[int], who: int) -> bool:
+def claim(gate: Synchronized[int], who: Gate) -> bool:
     """Claim the right to emit the job's final event; True for the first claimant only."""
     with gate.get_lock():
-        if gate.value == OPEN:
+        if gate.value == Gate.OPEN:
             gate.value = who
             return True
         return False
@@ -138,88 +133,84 @@ def error_text(exc: BaseException) -> str:
     return text[:4000]
 
 
-def _main(  # noqa: C901 - each outcome of a training process, in one place
-    rank: int, info: DistInfo, payload: Payload, stop: MpEvent, gate: Any, hold: Any
-) -> None:
-    """Entry point of one training process."""
+def _main(rank: int, info: DistInfo, payload: Payload, stop: MpEvent, gate: Any, hold: Any) -> None:
+    """Entry point of one training process; its exit code is a `Preempt` value (0: the run
+    ended), or EXIT_FAILED."""
     import redis
     import structlog
     import torch
 
-    from services.worker.progress import NullSink
-    from services.worker.resume import PAUSE, Held
-    from services.worker.trainer import TrainSpec, train
     from shared.emit import SyncEmitter
-    from shared.events import JobCompleted, JobFailed, JobPaused
     from shared.logs import configure_logging
 
+    spec = payload.spec
     configure_logging(payload.log_level, payload.log_json)
-    structlog.contextvars.bind_contextvars(job_id=payload.job_id, rank=rank)
-    log = structlog.get_logger("services.worker.process")
-    if info.enabled and payload.config.accelerator == "cpu":
+    structlog.contextvars.bind_contextvars(job_id=spec.job_id, rank=rank)
+    if info.enabled and spec.config.accelerator == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
     client = redis.Redis.from_url(payload.redis_url)
-    emitter = SyncEmitter(client, payload.job_stream_maxlen)
-    spec = TrainSpec(
-        job_id=payload.job_id,
-        config=payload.config,
-        recordings=payload.recordings,
-        out_dir=payload.out_dir,
-        worker=payload.worker,
-        attempt=payload.attempt,
-        progress_interval_s=payload.progress_interval_s,
-        seed=payload.seed,
-        emitted=payload.emitted,
-        emitted_epochs=payload.emitted_epochs,
-    )
+    try:
+        emitter = SyncEmitter(client, payload.job_stream_maxlen)
+        outcome = _train(rank, info, payload, emitter, stop, gate, hold)
+    finally:
+        client.close()
+    if outcome:
+        raise SystemExit(int(outcome))
+
+
+def _train(
+    rank: int,
+    info: DistInfo,
+    payload: Payload,
+    emitter: EventSink,
+    stop: MpEvent,
+    gate: Synchronized[int],
+    hold: Any,
+) -> int:
+    """Train, emit the final event the gate allows, and say how the process ends."""
+    import structlog
+
+    from services.worker.ddp import process_group
+    from services.worker.hardware import resolve_device
+    from services.worker.preempt import Held
+    from services.worker.progress import NullSink
+    from services.worker.trainer import train
+    from shared.events import JobFailed, JobPaused
+
+    log = structlog.get_logger("services.worker.process")
+    spec = payload.spec
     guard = OrphanGuard(stop, payload.worker_pid)
     try:
-        from services.worker.ddp import process_group
-        from services.worker.hardware import resolve_device
-
-        with process_group(info, resolve_device(payload.config, rank)):
+        with process_group(info, resolve_device(spec.config, rank)):
             result = train(spec, emitter if info.is_main else NullSink(), guard, info, hold)
-        if info.is_main and not stop.is_set() and claim(gate, TRAINER):
-            emitter.emit(
-                JobCompleted(
-                    job_id=payload.job_id,
-                    epochs_run=result.epochs_run,
-                    best_epoch=result.best_epoch,
-                    best_val_loss=result.best_val_loss,
-                    checkpoint_path=result.checkpoint_path,
-                    onnx_model_path=result.onnx_model_path,
-                    onnx_max_abs_diff=result.onnx_max_abs_diff,
-                    stopped_early=result.stopped_early,
-                )
-            )
+        if info.is_main and not stop.is_set() and claim(gate, Gate.TRAINER):
+            emitter.emit(result.completed)
+        return Preempt.NONE
     except Held as held:
-        if held.kind != PAUSE:
-            log.info("training suspended", epoch=held.epoch, batch=held.batch)
-            raise SystemExit(EXIT_SUSPENDED) from None
-        if info.is_main:
-            if not claim(gate, TRAINER):
-                raise SystemExit(EXIT_CANCELLED) from None
-            paused = JobPaused(
-                job_id=payload.job_id,
-                checkpoint_path=str(held.path),
+        log.info("training held", kind=held.kind.name, epoch=held.epoch, batch=held.batch)
+        if held.kind != Preempt.PAUSE or not info.is_main:
+            return held.kind
+        if not claim(gate, Gate.TRAINER):
+            return Preempt.CANCEL
+        emitter.emit(
+            JobPaused(
+                job_id=spec.job_id,
+                checkpoint_path=str(held.path) if held.path else None,
                 epoch=held.epoch,
                 batch=held.batch,
             )
-            emitter.emit(paused)
-        log.info("training paused", epoch=held.epoch, batch=held.batch)
-        raise SystemExit(EXIT_PAUSED) from None
+        )
+        return Preempt.PAUSE
     except TrainingCancelled as exc:
         log.info("training stopped", phase=exc.phase)
-        raise SystemExit(EXIT_CANCELLED) from None
+        return Preempt.CANCEL
     except BaseException as exc:
         if guard.is_set():
-            raise SystemExit(EXIT_CANCELLED) from None
+            return Preempt.CANCEL
         log.exception("training failed")
-        if claim(gate, TRAINER):
-            emitter.emit(JobFailed(job_id=payload.job_id, error_message=error_text(exc)))
-        raise SystemExit(1) from None
-    finally:
-        client.close()
+        if claim(gate, Gate.TRAINER):
+            emitter.emit(JobFailed(job_id=spec.job_id, error_message=error_text(exc)))
+        return EXIT_FAILED
 
 
 class TrainingRun:
@@ -229,16 +220,16 @@ class TrainingRun:
         self._ctx = start_context()
         self.payload = payload
         self.stop = self._ctx.Event()
-        self.gate: Synchronized[int] = self._ctx.Value("i", OPEN)
-        self.hold: Synchronized[int] = self._ctx.Value("i", 0)
-        """`resume.PAUSE` or `resume.SUSPEND` asks the trainer to checkpoint and stop."""
-        world = payload.config.devices
+        self.gate: Synchronized[int] = self._ctx.Value("i", Gate.OPEN)
+        self.hold: Synchronized[int] = self._ctx.Value("i", Preempt.NONE)
+        """`Preempt.PAUSE` or `Preempt.SUSPEND` asks the trainer to checkpoint and stop."""
+        world = payload.spec.config.devices
         init = free_init_method() if world > 1 else ""
         self.processes: list[BaseProcess] = [
             self._ctx.Process(
                 target=_main,
                 args=(rank, DistInfo(rank, world, init), payload, self.stop, self.gate, self.hold),
-                name=f"heimdall-train-{payload.job_id[:8]}-{rank}",
+                name=f"heimdall-train-{payload.spec.job_id[:8]}-{rank}",
                 daemon=False,
             )
             for rank in range(world)
@@ -262,7 +253,7 @@ class TrainingRun:
 
     def claim(self) -> bool:
         """The parent claims the final event (cancel, or a crash the trainer did not report)."""
-        return claim(self.gate, PARENT)
+        return claim(self.gate, Gate.PARENT)
 
     async def wait(self, timeout: float | None = None, poll_s: float = 0.02) -> bool:
         """Wait until every process has exited (or one failed, when `any_failure`); True if

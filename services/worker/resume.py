@@ -1,11 +1,11 @@
-"""Pausing and resuming training exactly: where a run stands, and putting a new run back there.
+"""Where a run stands, and finding the checkpoint a new attempt continues from.
 
 A position is `(epoch, batch)`: the epoch to run next (1-based) and how many of its training
 batches are done. Epoch-end checkpoints (`last.pt`) stand at `(E + 1, 0)`; a pause or a worker
 shutdown writes `resume.pt` at a batch boundary inside an epoch. Both hold what makes the rest
-of the run identical to an uninterrupted one: the random states (python, numpy, torch and the
-loaders' generators as they were when the position's epoch began) and, mid-epoch, the epoch's
-running sums.
+of the run identical to an uninterrupted one (see `state.py`): the random states (python,
+numpy, torch and the loaders' generators as they were when the position's epoch began) and,
+mid-epoch, the epoch's running sums.
 """
 
 from __future__ import annotations
@@ -13,35 +13,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from services.worker.checkpoint import LAST, load_checkpoint
 
-if TYPE_CHECKING:
-    from services.worker.trainer import Run
-
 RESUME = "resume.pt"
-
-NONE, PAUSE, SUSPEND = 0, 1, 2
-"""Values of the hold signal: carry on, pause (the user asked), suspend (the worker stops)."""
-
-
-class HoldSignal(Protocol):
-    """Read every training batch; a `multiprocessing.Value("i")` fits."""
-
-    @property
-    def value(self) -> int: ...
-
-
-class Held(Exception):
-    """Training stopped at a batch boundary because of a hold; the checkpoint is written."""
-
-    def __init__(self, kind: int, path: Path, epoch: int, batch: int) -> None:
-        super().__init__(f"held at epoch {epoch} batch {batch}")
-        self.kind, self.path, self.epoch, self.batch = kind, path, epoch, batch
 
 
 @dataclass
@@ -62,12 +41,17 @@ class Partial:
         return f(self.loss_sum), f(self.correct_sum), f(self.norm_sum)
 
 
-class HoldAt(Exception):
-    """Raised inside an epoch at a batch boundary; carries the sums so far."""
+@dataclass(frozen=True)
+class Position:
+    """Where a checkpoint stands: the epoch to run next, its batches done, their sums."""
 
-    def __init__(self, kind: int, epoch: int, partial: Partial) -> None:
-        super().__init__(f"hold at epoch {epoch} after {partial.batches} batches")
-        self.kind, self.epoch, self.partial = kind, epoch, partial
+    epoch: int
+    batch: int = 0
+    partial: Partial | None = None
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.partial is not None
 
 
 @dataclass
@@ -123,33 +107,6 @@ def _as_python_state(value: Any) -> tuple[Any, ...]:
     return (version, tuple(internal), gauss)
 
 
-def loader_states(run: Run) -> dict[str, torch.Tensor]:
-    """The generators of the training and validation loaders (shuffle order, worker seeds)."""
-    out = {}
-    for name, loader in (("train", run.train_loader), ("val", run.val_loader)):
-        if loader.generator is not None:
-            out[name] = loader.generator.get_state()
-    return out
-
-
-def set_loader_states(run: Run, states: dict[str, torch.Tensor]) -> None:
-    for name, loader in (("train", run.train_loader), ("val", run.val_loader)):
-        if name in states and loader.generator is not None:
-            loader.generator.set_state(states[name])
-
-
-def position_state(
-    epoch: int, batch: int, loaders: dict[str, torch.Tensor], partial: Partial | None
-) -> dict[str, Any]:
-    """The part of a checkpoint that says where the run stands and how to continue exactly."""
-    return {
-        "position": {"epoch": epoch, "batch": batch},
-        "rng": rng_state(),
-        "loaders": loaders,
-        "partial": vars(partial) if partial is not None else None,
-    }
-
-
 def read_point(path: Path) -> ResumePoint | None:
     if not path.is_file():
         return None
@@ -164,23 +121,3 @@ def latest_point(out_dir: Path) -> ResumePoint | None:
     """The furthest of the job's resumable checkpoints, or None for a fresh start."""
     points = [p for p in (read_point(out_dir / RESUME), read_point(out_dir / LAST)) if p]
     return max(points, key=lambda p: (p.epoch, p.batch), default=None)
-
-
-def restore(run: Run, point: ResumePoint) -> None:
-    """Model, optimiser, schedule, early stopping, scaler and features from the checkpoint.
-    Random states come last (`restore_random`), right before training continues."""
-    from services.worker.features import FeatureExtractor
-
-    state = point.state
-    run.network.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.schedule.load_state_dict(state["scheduler"])
-    run.early.load_state_dict(state["early_stopping"])
-    run.scaler.load_state_dict(state["scaler"])
-    mean, std = state["feature_mean"], state["feature_std"]
-    run.features = FeatureExtractor(run.params, mean, std).to(run.device).eval()
-
-
-def restore_random(run: Run, point: ResumePoint) -> None:
-    set_loader_states(run, point.state["loaders"])
-    set_rng_state(point.state["rng"])

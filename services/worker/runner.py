@@ -28,8 +28,9 @@ from services.worker.errors import WorkerError
 from services.worker.hardware import check_accelerator
 from services.worker.lease import Lease
 from services.worker.listener import CommandListener, Watch
-from services.worker.process import EXIT_PAUSED, EXIT_SUSPENDED, Payload, TrainingRun
-from services.worker.resume import PAUSE, SUSPEND
+from services.worker.preempt import Preempt
+from services.worker.process import Payload, TrainingRun
+from services.worker.run import TrainSpec
 from shared import keys
 from shared.commands import DeleteJob
 from shared.emit import AsyncEmitter
@@ -148,21 +149,24 @@ class JobRunner:
                 log.warning("job cannot run", error=str(exc))
                 await self._emit(JobFailed(job_id=job_id, error_message=str(exc)))
                 return "failed"
-        payload = Payload(
+        spec = TrainSpec(
             job_id=job_id,
             config=config,
             recordings=recordings,
             out_dir=self.settings.artifacts_dir / job_id,
-            redis_url=self._redis_url(),
             worker=self.name,
             attempt=attempt,
             progress_interval_s=self.settings.progress_interval_s,
-            job_stream_maxlen=self.settings.job_stream_maxlen,
             seed=resolve_seed(config),
-            log_level=self.settings.log_level,
-            log_json=self.settings.log_json,
             emitted=tail.point,
             emitted_epochs=tail.epochs,
+        )
+        payload = Payload(
+            spec=spec,
+            redis_url=self._redis_url(),
+            job_stream_maxlen=self.settings.job_stream_maxlen,
+            log_level=self.settings.log_level,
+            log_json=self.settings.log_json,
             worker_pid=os.getpid(),
         )
         run = TrainingRun(payload)
@@ -176,7 +180,7 @@ class JobRunner:
                 "training process started",
                 devices=config.devices,
                 attempt=attempt,
-                seed=payload.seed,
+                seed=spec.seed,
             )
             try:
                 return await self._supervise(job_id, run, watch, lost)
@@ -230,9 +234,9 @@ class JobRunner:
         to the queue (arq runs a cancelled job again), to resume on another worker."""
         if not run.alive:
             return
-        run.hold.value = SUSPEND
+        run.hold.value = Preempt.SUSPEND
         grace = self.settings.shutdown_grace_s
-        if await run.wait(grace) and run.exitcodes == [EXIT_SUSPENDED] * len(run.exitcodes):
+        if await run.wait(grace) and run.exitcodes == [Preempt.SUSPEND] * len(run.exitcodes):
             reason = "worker shutting down; the job resumes from its pause checkpoint"
         else:
             await run.stop_within(0.0)
@@ -248,9 +252,9 @@ class JobRunner:
         while run.alive and not run.failed():
             if watch.stop_requested.is_set():
                 return await self._cancel(job_id, run, isinstance(watch.command, DeleteJob), watch)
-            if watch.pause_requested.is_set() and run.hold.value == 0:
+            if watch.pause_requested.is_set() and run.hold.value == Preempt.NONE:
                 log.info("pause requested")
-                run.hold.value = PAUSE
+                run.hold.value = Preempt.PAUSE
             if lost.is_set():
                 raise LeaseLost(job_id)
             if time.monotonic() >= next_flag_check:
@@ -270,7 +274,7 @@ class JobRunner:
             await run.stop_within(self.settings.cancel_grace_s)
         await run.wait()
         codes = run.exitcodes
-        if codes and codes[0] == EXIT_PAUSED:
+        if codes and codes[0] == Preempt.PAUSE:
             log.info("training paused")
             return "paused"
         if run.claim():
@@ -279,7 +283,7 @@ class JobRunner:
             log.error("training process died", exitcodes=codes)
             await self._emit(JobFailed(job_id=job_id, error_message=message))
             return "failed"
-        ok = all(code == 0 for code in codes) and (run.payload.out_dir / BEST).exists()
+        ok = all(code == 0 for code in codes) and (run.payload.spec.out_dir / BEST).exists()
         log.info("training process finished", exitcodes=codes)
         return "completed" if ok else "failed"
 

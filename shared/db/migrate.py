@@ -1,13 +1,10 @@
-"""Connecting and migrating. Migrations are idempotent and serialised by an advisory lock, so
-every service may run them at start-up, concurrently."""
+"""Migrating. Migrations are idempotent and serialised by an advisory lock, so every service
+may run them at start-up, concurrently. (Connecting is `shared/db/connection.py`.)"""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 from importlib import resources
-from typing import Any
 
 import asyncpg
 import structlog
@@ -16,27 +13,6 @@ log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 1
 _LOCK_KEY = 0x4E1D_A11  # any constant; shared by every Heimdall process
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn, timeout=timeout)
-    await _init_connection(conn)
-    return conn
-
-
-async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, **kw: Any
-) -> asyncpg.Pool:
-    """A pool whose connections decode JSONB to Python values."""
-    pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kw
-    )
-    assert pool is not None
-    return pool
 
 
 async def has_timescale(conn: asyncpg.Connection) -> bool:
@@ -83,17 +59,3 @@ async def migrate(conn: asyncpg.Connection) -> None:
             checksum,
         )
     log.debug("schema migrated", version=SCHEMA_VERSION, timescale=timescale)
-
-
-async def wait_for_database(dsn: str, *, timeout: float = 30.0) -> None:
-    """Wait until PostgreSQL accepts connections (compose starts services in any order)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            conn = await asyncpg.connect(dsn, timeout=5)
-            await conn.close()
-            return
-        except (TimeoutError, OSError, asyncpg.PostgresError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.2)

@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 from litestar.testing import AsyncTestClient
 
+from services.tracking.settings import TrackingSettings
 from shared.datasets import Recording
 from shared.net import free_port
 from shared.settings import Settings
@@ -76,16 +77,18 @@ def synthetic_recordings(root: Path, count: int, *, seed: int = 5) -> list[Recor
 
 
 @contextlib.asynccontextmanager
-async def running_system(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+async def running_system(
+    settings: Settings, tracking: TrackingSettings | None = None
+) -> AsyncIterator[AsyncTestClient[Any]]:
     """The whole system in this process: the recorder, an arq worker (training in its own
-    processes) and the API, stopped in reverse order."""
+    processes, followed by the `tracking` trackers) and the API, stopped in reverse order."""
     from services.api.app import create_app
     from services.recorder.app import run_recorder
     from services.worker.app import create_worker
 
     stop = asyncio.Event()
     recorder = asyncio.create_task(run_recorder(settings, stop=stop))
-    worker = create_worker(settings, handle_signals=False, poll_delay_s=0.05)
+    worker = create_worker(settings, handle_signals=False, poll_delay_s=0.05, tracking=tracking)
     working = asyncio.create_task(worker.async_run())
     try:
         async with AsyncTestClient(app=create_app(settings)) as client:
