@@ -27,6 +27,7 @@ from services.worker.errors import DatasetError
 from services.worker.features import FeatureParams
 from shared.config import TrainingConfig
 from shared.datasets import Recording, load_signal, select_recordings
+from shared.splits import split_problem
 
 
 async def job_recordings(conn: asyncpg.Connection, config: TrainingConfig) -> list[Recording]:
@@ -58,6 +59,18 @@ def check_recordings(recordings: Sequence[Recording], config: TrainingConfig) ->
         raise DatasetError(
             f"{filters} selects {len(recordings)} recordings of a single class"
             f" ({next(iter(labels))!r}); a classifier needs at least two classes."
+        )
+
+
+def check_split(
+    train: Sequence[Recording], val: Sequence[Recording], config: TrainingConfig
+) -> None:
+    """Fail at once, with the counts, when the split leaves nothing to validate on."""
+    if config.validation_split > 0 and not val:
+        counts = Counter(r.label for r in [*train, *val])
+        raise DatasetError(
+            split_problem(counts, config.validation_split)
+            or f"validation_split={config.validation_split:g} leaves no validation recordings"
         )
 
 

@@ -23,6 +23,7 @@ from services.worker.bounds import check_batch_fits
 from services.worker.data import (
     WaveformDataset,
     check_recordings,
+    check_split,
     feature_params,
     make_loader,
     resolve_seed,
@@ -137,6 +138,7 @@ def prepare(spec: TrainSpec, info: DistInfo = SINGLE) -> Run:
     torch.manual_seed(seed)
     check_recordings(spec.recordings, config)
     split = stratified_split(spec.recordings, config.validation_split, seed)
+    check_split(split.train, split.val, config)
     network = build_model(config, len(split.classes)).to(device)
     amp = uses_amp(device)
     if amp:
