@@ -15,6 +15,7 @@ from msgspec import Meta
 
 from shared.dataset_names import DatasetName
 from shared.errors import InvalidInput
+from shared.signal_info import MAX_NUM_SAMPLES, MAX_SAMPLE_RATE
 
 Architecture = Literal[
     "convnext_tiny",
@@ -108,6 +109,12 @@ class TrainingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     precision: Precision = "auto"
     """`auto`: float16 autocast on GPUs, float32 on CPUs; `bf16`: bfloat16 autocast (CPUs
     with native bf16, or GPUs); `fp32`: no autocast."""
+    # Signal bounds (issue 13): one rate, one capped length per job
+    sample_rate: Annotated[int, Meta(ge=1, le=MAX_SAMPLE_RATE)] | None = None
+    """Every recording is resampled to this rate (Hz); None: the dataset's most common rate."""
+    num_samples: Annotated[int, Meta(ge=32, le=MAX_NUM_SAMPLES)] | None = None
+    """Every recording is cropped (to its start) or zero-padded to this many samples at
+    `sample_rate`; None: the longest recording's length, at most MAX_NUM_SAMPLES (1,048,576)."""
 
     def check(self) -> None:
         """Rules across fields, which per-field constraints cannot express."""
@@ -121,6 +128,11 @@ class TrainingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 f"n_mels ({self.n_mels}) must not exceed n_fft // 2 + 1 ({self.n_fft // 2 + 1}),"
                 " the number of frequency bins",
                 "n_mels",
+            )
+        if self.num_samples is not None and self.num_samples < self.n_fft:
+            raise ConfigError(
+                f"num_samples ({self.num_samples}) must be at least n_fft ({self.n_fft})",
+                "num_samples",
             )
         self._check_training()
 

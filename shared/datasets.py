@@ -195,6 +195,21 @@ async def select_recordings(
     return [Recording(**dict(r)) for r in rows]
 
 
+async def class_counts(
+    conn: asyncpg.Connection, dataset: str, *, min_snr_db: float, only_approved: bool
+) -> dict[str, int]:
+    """Recordings per class that a job with these filters would train on (the same filter as
+    `select_recordings`)."""
+    rows = await conn.fetch(
+        "SELECT label, count(*) AS n FROM recordings WHERE dataset=$1"
+        " AND (snr_db IS NULL OR snr_db >= $2) AND (approved OR NOT $3) GROUP BY label",
+        dataset,
+        min_snr_db,
+        only_approved,
+    )
+    return {r["label"]: r["n"] for r in rows}
+
+
 def load_signal(path: str, max_frames: int | None = None) -> tuple[np.ndarray, int]:
     """A recording's samples (channels, n) and rate; at most `max_frames` frames."""
     return read_signal(Path(path), max_frames)

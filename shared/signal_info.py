@@ -17,6 +17,10 @@ corrupt than real, and resampling costs grow with the rate."""
 
 MAX_CHANNELS = 2
 
+MAX_NUM_SAMPLES = 1 << 20
+"""The most samples a recording is given in training, at the job's rate (1,048,576: 131 s at
+8 kHz, 5.5 s at 192 kHz); longer recordings are cropped to their start."""
+
 
 class SignalFileError(InvalidInput):
     """A signal file that cannot be used; the message says why (the caller names the file)."""

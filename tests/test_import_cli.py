@@ -3,13 +3,12 @@ this test's database: all-or-nothing by default, `--skip-bad`, checked names and
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
 import numpy as np
+from support.cli import run_heimdall
 from support.recordings import complex_tone, raw_wav, write_iq_wav
 
 from shared.settings import Settings
@@ -17,20 +16,7 @@ from shared.wavio import write_wav
 
 
 def _heimdall(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
-    env |= {
-        "HEIMDALL_REDIS_URL": settings.redis_url or "",
-        "HEIMDALL_DATABASE_URL": settings.database_url or "",
-        "HEIMDALL_DATA_DIR": str(settings.data_dir),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_heimdall(settings, *args)
 
 
 def _folder(root: Path) -> Path:

@@ -19,6 +19,7 @@ from msgspec import Meta
 from redis.exceptions import RedisError
 
 from services.api import inputs, store, views
+from services.api.datasets import check_split
 from services.api.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.api.resources import Resources
 from services.tracking import delete_tracking
@@ -100,6 +101,7 @@ class JobsController(Controller):
             raise InvalidInput(f"config.{exc.field}: {exc}", f"config.{exc.field}") from None
         job_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
         async with res.db.acquire() as conn:
+            await check_split(conn, data.config)
             row = await insert_job(conn, data.job_name, data.config, job_id=job_id, task_id=task_id)
         # The row is committed before the job is queued, so a worker or the recorder that
         # sees the job at once also finds its row.

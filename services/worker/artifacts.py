@@ -39,7 +39,8 @@ def save_hold(run: Run, sink: EventSink, epoch: int, partial: Partial) -> Path:
 def parity_sample(run: Run, count: int = 8) -> torch.Tensor:
     """Real waveforms (validation first) on which ONNX and PyTorch must agree."""
     recordings = (run.split.val or run.split.train)[:count]
-    fmt = SignalFormat(run.params.sample_rate, run.params.num_samples)
+    channels = 2 if run.params.channels == "iq" else 1
+    fmt = SignalFormat(run.params.sample_rate, run.params.num_samples, channels)
     dataset = WaveformDataset(recordings, run.split.classes, fmt)
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
@@ -50,5 +51,5 @@ def export_best(run: Run) -> tuple[str, float]:
     network = copy.deepcopy(run.network).cpu()
     network.load_state_dict(best["model"])
     path = run.spec.out_dir / ONNX
-    diff = export_onnx(run.features, network, parity_sample(run), path)
+    diff = export_onnx(run.features, network, parity_sample(run), path, run.split.classes)
     return str(path), diff

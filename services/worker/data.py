@@ -1,13 +1,16 @@
 """Recordings → tensors: selecting them, the waveform dataset and its loaders (the split is in
 `split.py`).
 
-Waveforms are loaded as mono float32 at one sample rate and one length (the dataset's most
-common rate, its longest recording), so batches stack without collation tricks. Features are
-computed later, on the training device (see `features.py`).
+Waveforms are loaded as float32 at one sample rate and one length (see `bounds.py`), so batches
+stack without collation tricks: real ones as (samples,), IQ ones as (2, samples) with I and Q
+kept apart (never averaged: the sign of a frequency lives in their phase). A job is IQ when any
+of its recordings is; its real recordings then enter as `I + j0`. Features are computed later,
+on the training device (see `features.py`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections import Counter
@@ -18,12 +21,14 @@ from functools import partial
 import asyncpg
 import numpy as np
 import torch
-import torchaudio.functional as AF
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from services.worker.bounds import MAX_NUM_SAMPLES, fit_length, frames_needed, resample
 from services.worker.errors import DatasetError
+from services.worker.features import FeatureParams
 from shared.config import TrainingConfig
 from shared.datasets import Recording, load_signal, select_recordings
+from shared.splits import split_problem
 
 
 async def job_recordings(conn: asyncpg.Connection, config: TrainingConfig) -> list[Recording]:
@@ -58,23 +63,67 @@ def check_recordings(recordings: Sequence[Recording], config: TrainingConfig) ->
         )
 
 
+def check_split(
+    train: Sequence[Recording], val: Sequence[Recording], config: TrainingConfig
+) -> None:
+    """Fail at once, with the counts, when the split leaves nothing to validate on."""
+    if config.validation_split > 0 and not val:
+        counts = Counter(r.label for r in [*train, *val])
+        raise DatasetError(
+            split_problem(counts, config.validation_split)
+            or f"validation_split={config.validation_split:g} leaves no validation recordings"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class SignalFormat:
     """How every waveform is shaped before it reaches the model."""
 
     sample_rate: int
     num_samples: int
+    channels: int = 1
+    """1: real, (samples,); 2: IQ, (2, samples)."""
 
 
-def signal_format(recordings: Sequence[Recording], n_fft: int) -> SignalFormat:
-    """The most common sample rate and the longest duration (at least one FFT window)."""
-    rate = Counter(r.sample_rate for r in recordings).most_common(1)[0][0]
-    longest = max(round(r.duration_s * rate) for r in recordings)
-    return SignalFormat(sample_rate=rate, num_samples=max(longest, n_fft))
+def signal_format(recordings: Sequence[Recording], config: TrainingConfig) -> SignalFormat:
+    """The job's rate (`config.sample_rate`, else the most common one), its length
+    (`config.num_samples`, else the longest recording at that rate, at most MAX_NUM_SAMPLES,
+    at least one FFT window) and its channels (IQ when any recording is). Of rates equally
+    common, the highest wins: resampling down loses less than resampling up invents."""
+    counts = Counter(r.sample_rate for r in recordings)
+    rate = config.sample_rate or max(counts, key=lambda r: (counts[r], r))
+    longest = max(math.ceil(r.duration_s * rate) for r in recordings)
+    length = config.num_samples or min(longest, MAX_NUM_SAMPLES)
+    channels = 2 if any(r.channels == 2 for r in recordings) else 1
+    return SignalFormat(sample_rate=rate, num_samples=max(length, config.n_fft), channels=channels)
+
+
+def feature_params(fmt: SignalFormat, config: TrainingConfig) -> FeatureParams:
+    return FeatureParams(
+        sample_rate=fmt.sample_rate,
+        num_samples=fmt.num_samples,
+        n_fft=config.n_fft,
+        hop_length=config.hop_length,
+        n_mels=config.n_mels,
+        channels="iq" if fmt.channels == 2 else "real",
+    )
+
+
+def load_waveform(rec: Recording, fmt: SignalFormat) -> torch.Tensor:
+    """One recording at the job's rate, length and channels; reads only the frames needed."""
+    need = frames_needed(fmt.num_samples, rec.sample_rate, fmt.sample_rate)
+    samples, rate = load_signal(rec.path, need)
+    data = torch.from_numpy(np.ascontiguousarray(samples))
+    if fmt.channels == 2:
+        wave = torch.complex(data[0], data[1] if data.shape[0] > 1 else torch.zeros_like(data[0]))
+        wave = fit_length(resample(wave, rate, fmt.sample_rate), fmt.num_samples)
+        return torch.stack([wave.real, wave.imag]).float()
+    wave = fit_length(resample(data[0], rate, fmt.sample_rate), fmt.num_samples)
+    return wave.float()
 
 
 class WaveformDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Mono waveforms of a fixed length and rate, with their class index."""
+    """Waveforms of a fixed length, rate and channel count, with their class index."""
 
     def __init__(
         self, recordings: Sequence[Recording], classes: Sequence[str], fmt: SignalFormat
@@ -88,15 +137,7 @@ class WaveformDataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         rec = self.recordings[i]
-        samples, rate = load_signal(rec.path)
-        wave = torch.from_numpy(np.ascontiguousarray(samples.mean(axis=0)))
-        if rate != self.fmt.sample_rate:
-            wave = AF.resample(wave, rate, self.fmt.sample_rate)
-        n = self.fmt.num_samples
-        wave = (
-            wave[:n] if wave.numel() >= n else torch.nn.functional.pad(wave, (0, n - wave.numel()))
-        )
-        return wave.float(), self.index[rec.label]
+        return load_waveform(rec, self.fmt), self.index[rec.label]
 
 
 def _init_worker(threads: int, worker_id: int) -> None:

@@ -20,9 +20,12 @@ from torch.utils.data.distributed import DistributedSampler
 
 from services.worker import ddp
 from services.worker.augment import Augment
+from services.worker.bounds import check_batch_fits
 from services.worker.data import (
     WaveformDataset,
     check_recordings,
+    check_split,
+    feature_params,
     make_loader,
     resolve_seed,
     signal_format,
@@ -149,6 +152,7 @@ def prepare(spec: TrainSpec, info: DistInfo = SINGLE, *, initialise: bool = True
     torch.manual_seed(seed)
     check_recordings(spec.recordings, config)
     split = stratified_split(spec.recordings, config.validation_split, seed)
+    check_split(split.train, split.val, config)
     network = build_model(config, len(split.classes))
     init = (
         init_from_job(network, config, split.classes, spec.out_dir.parent) if initialise else None
@@ -156,14 +160,9 @@ def prepare(spec: TrainSpec, info: DistInfo = SINGLE, *, initialise: bool = True
     network = network.to(device)
     if precision.channels_last:
         network = network.to(memory_format=torch.channels_last)
-    fmt = signal_format(spec.recordings, config.n_fft)
-    params = FeatureParams(
-        sample_rate=fmt.sample_rate,
-        num_samples=fmt.num_samples,
-        n_fft=config.n_fft,
-        hop_length=config.hop_length,
-        n_mels=config.n_mels,
-    )
+    fmt = signal_format(spec.recordings, config)
+    params = feature_params(fmt, config)
+    check_batch_fits(network, params, config.batch_size, device)
     unfitted = torch.zeros(config.n_mels), torch.ones(config.n_mels)
     loaders = _loaders(split, fmt, spec, info, seed, pin=device.type == "cuda")
     return Run(

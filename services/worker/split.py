@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.datasets import Recording
+from shared.splits import held_out
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,7 @@ def stratified_split(recordings: Sequence[Recording], validation_split: float, s
     for label in classes:
         items = by_class[label]
         rng.shuffle(items)
-        n_val = min(round(len(items) * validation_split), len(items) - 1)
+        n_val = held_out(len(items), validation_split)
         val.extend(items[:n_val])
         train.extend(items[n_val:])
     return Split(train=train, val=val, classes=classes)

@@ -51,3 +51,19 @@ def heimdall(*args: str, env: dict[str, str], log: Path) -> Iterator[subprocess.
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def run_heimdall(
+    settings: Settings, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `heimdall ARGS` to its end (as a user runs it) on the test's stores; its output is
+    captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args],
+        cwd=REPO,
+        env=service_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
