@@ -47,6 +47,10 @@ class Settings:
     """A training worker refreshes its job's lease every second; a lease silent this long
     means the worker is lost, and a reaper re-queues the job from its latest checkpoint."""
 
+    redis_timeout_s: float = 3.0
+    """Every Redis client connects and waits for each reply at most this long (a blocking read
+    adds its block time), so a stalled Redis gives a prompt 503 instead of a hung request."""
+
     max_recoveries: int = 3
     """How often a job is recovered from lost workers before it fails."""
 
@@ -109,6 +113,7 @@ class Settings:
             cancel_grace_s=float(get("CANCEL_GRACE_S") or base.cancel_grace_s),
             lease_ttl_s=float(get("LEASE_TTL_S") or base.lease_ttl_s),
             max_recoveries=int(get("MAX_RECOVERIES") or base.max_recoveries),
+            redis_timeout_s=float(get("REDIS_TIMEOUT_S") or base.redis_timeout_s),
             shutdown_grace_s=float(get("SHUTDOWN_GRACE_S") or base.shutdown_grace_s),
             cors_origins=tuple(
                 o.strip() for o in (get("CORS_ORIGINS") or "").split(",") if o.strip()

@@ -274,6 +274,17 @@ def _headers() -> dict[str, str]:
 ApiUrl = Annotated[str | None, typer.Option("--url", help="API base URL (default from env).")]
 
 
+def _job_arg(raw: str) -> str:
+    """A job id argument in its canonical spelling; exits 2 with the reason when it is none."""
+    from shared.ids import InvalidJobId, canonical_job_id
+
+    try:
+        return canonical_job_id(raw)
+    except InvalidJobId as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _call(method: str, url: str, **kw: Any) -> Any:
     import httpx
 
@@ -339,6 +350,7 @@ def jobs_list(
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, url: ApiUrl = None) -> None:
     """Stop a job, keeping its data."""
+    job_id = _job_arg(job_id)
     body = _call("POST", f"{_api_base(url)}/api/v1/training/jobs/{job_id}/cancel")
     typer.echo(body["job"]["status"])
 
@@ -346,6 +358,7 @@ def jobs_cancel(job_id: str, url: ApiUrl = None) -> None:
 @jobs_app.command("watch")
 def jobs_watch(job_id: str, url: ApiUrl = None) -> None:
     """A live progress bar until the job finishes."""
+    job_id = _job_arg(job_id)
     from services.cli.watch import watch  # type: ignore[import-not-found,unused-ignore]
 
     status = asyncio.run(watch(_api_base(url), job_id, Settings.from_env().api_token))
@@ -373,6 +386,7 @@ def replay(
     data_dir: DataDir = None,
 ) -> None:
     """Re-emit a recorded job's events, with their spacing divided by SPEED, for a frontend."""
+    job_id = _job_arg(job_id)
     from services.cli.embedded import embedded_stores
     from services.cli.replay import replay as run_replay  # type: ignore[import-not-found,unused-ignore]
 
