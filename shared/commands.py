@@ -1,8 +1,9 @@
-"""Commands: what the API asks of the workers, sent over the `commands` Redis Stream.
+"""Commands: what the API asks of the worker training a job, sent over the `commands` Redis Stream.
 
 Workers read the stream without a consumer group, so every worker sees every command (a cancel
-must reach whichever worker runs the job). Submissions are also enqueued on the arq queue,
-which hands each job to exactly one worker.
+must reach whichever worker runs the job). Jobs themselves are handed to workers by the arq
+queue, and a resume is a new queue task, so only the commands that change a job's course while
+it runs are here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from typing import Any
 
 import msgspec
 
+from shared import keys
+
 SCHEMA_VERSION = 1
+
+FLAG_TTL_S = 30 * 24 * 3600
+"""How long a cancel or pause flag waits for a worker to pick the job up."""
 
 
 class Command(msgspec.Struct, tag_field="type", kw_only=True):
@@ -21,12 +27,8 @@ class Command(msgspec.Struct, tag_field="type", kw_only=True):
     v: int = SCHEMA_VERSION
 
     def type_name(self) -> str:
-        """The tag this command travels under (`submit`, `cancel`, ...)."""
+        """The tag this command travels under (`cancel`, `delete`, `pause`)."""
         return str(type(self).__struct_config__.tag)
-
-
-class SubmitJob(Command, tag="submit"):
-    task_id: str
 
 
 class CancelJob(Command, tag="cancel"):
@@ -41,14 +43,17 @@ class PauseJob(Command, tag="pause"):
     pass
 
 
-class ResumeJob(Command, tag="resume"):
-    pass
-
-
-AnyCommand = SubmitJob | CancelJob | DeleteJob | PauseJob | ResumeJob
+AnyCommand = CancelJob | DeleteJob | PauseJob
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
+
+SEND_SCRIPT = """
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return false end
+if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'job', ARGV[1], 'data', ARGV[2])
+"""
+"""Set the command's flag and append it, unless the job was deleted meanwhile."""
 
 
 def encode_command(command: Command) -> bytes:
@@ -59,23 +64,30 @@ def decode_command(data: bytes | str) -> AnyCommand:
     return _decoder.decode(data)
 
 
-async def send_command(client: Any, command: Command) -> str:
-    """Append a command to the commands stream and return its id.
-
-    A cancel or delete also sets the job's cancel flag, in the same transaction, so a worker
-    that picks the job up later (or that was not listening yet) never starts it.
-    """
-    from shared import keys
-
-    pipe = client.pipeline(transaction=True)
+def _flag(command: Command) -> str:
+    """The flag a worker that picks the job up later finds: it never starts a cancelled job and
+    pauses a paused one at once."""
     if isinstance(command, CancelJob | DeleteJob):
-        pipe.set(keys.cancel_flag(command.job_id), command.type_name(), ex=7 * 24 * 3600)
-    pipe.xadd(
-        keys.COMMANDS_STREAM,
-        {"job": command.job_id, "data": encode_command(command)},
-        maxlen=keys.COMMANDS_MAXLEN,
-        approximate=True,
+        return keys.cancel_flag(command.job_id)
+    if isinstance(command, PauseJob):
+        return keys.pause_flag(command.job_id)
+    return ""
+
+
+async def send_command(client: Any, command: Command) -> str | None:
+    """Set the command's flag and append it to the commands stream, atomically; returns its id
+    (None when the job has been deleted)."""
+    script = client.register_script(SEND_SCRIPT)
+    reply = await script(
+        keys=[keys.COMMANDS_STREAM, _flag(command), keys.DELETED_JOBS],
+        args=[
+            command.job_id,
+            encode_command(command),
+            command.type_name(),
+            FLAG_TTL_S,
+            keys.COMMANDS_MAXLEN,
+        ],
     )
-    results = await pipe.execute()
-    event_id = results[-1]
-    return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+    if reply is None:
+        return None
+    return reply.decode() if isinstance(reply, bytes) else str(reply)

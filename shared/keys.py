@@ -49,8 +49,35 @@ def recoveries(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:recoveries"
 
 
-ACTIVE_JOBS = f"{PREFIX}:active-jobs"
-"""Jobs a worker has leased and not yet left cleanly; the reapers watch their leases."""
+ACTIVE_JOBS = f"{PREFIX}:active-leases"
+"""Hash: job id → the worker (name) that leased it and has not yet left it cleanly; the
+reapers watch these jobs' leases and name the worker when one is lost."""
+
+
+def final(job_id: str) -> str:
+    """The job's final status, claimed once (SET NX) by whoever emits its terminal event first;
+    see shared/emit.py. Kept as long as the job."""
+    return f"{PREFIX}:job:{job_id}:final"
+
+
+DELETED_JOBS = f"{PREFIX}:deleted-jobs"
+"""Sorted set: ids of deleted jobs (score: deletion time, ms), kept `DELETED_RETENTION_S`.
+Every script that writes a key naming a job checks it first, so a straggler (a worker that
+has not heard of the delete yet, a reaper mid-sweep) cannot bring a deleted job's keys back."""
+
+DELETED_RETENTION_S = 7 * 24 * 3600
+
+
+def job_keys(job_id: str) -> list[str]:
+    """Every key that names the job (what a delete removes)."""
+    return [
+        job_stream(job_id),
+        final(job_id),
+        cancel_flag(job_id),
+        pause_flag(job_id),
+        lease(job_id),
+        recoveries(job_id),
+    ]
 
 
 def replay_channel(job_id: str) -> str:

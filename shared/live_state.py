@@ -1,24 +1,38 @@
-"""A job's live status, kept in memory by applying events: the reducer behind the WebSocket push.
+"""A job's state from its events: the one reducer (event + state → state).
 
-The API reads a job's row once when a client connects and from then on folds the job's events
-into a plain dict with the row's keys, so a status push never touches the database. The rules
-are the recorder's (see services/recorder/projection.py): statuses only move forward, every
-other field takes the value of the newest event that sets it, and a finished job never changes.
+`effects(event)` says what one event sets, independently of any state: the status it moves the
+job to, the columns it gives a value, the progress it reports and a best-epoch candidate.
+`apply(state, event, event_id)` folds those effects into a job's state with the rules of
+`shared.status` (statuses only move forward; a finished job never changes; every other field
+takes the value of the newest event that sets it).
+
+Two consumers share it: the WebSocket push (a plain dict per watched job, see
+services/api/live_session.py) and the recorder's projection into `training_jobs`
+(services/recorder/projection.py folds `effects` per batch and its SQL merges them; a test
+replays random event sequences through both and compares). `shared/job_state.py` uses it for
+the state of a job before the recorder has caught up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.events import (
     BatchProgress,
+    CheckpointSaved,
     EpochCompleted,
     Event,
     JobCompleted,
     JobFailed,
+    JobPaused,
     JobQueued,
+    JobRequeued,
+    JobResumed,
     JobStarted,
+    TrackingLinked,
     status_of,
 )
 from shared.status import TERMINAL, JobStatus, can_transition
@@ -27,32 +41,155 @@ LiveStatus = dict[str, Any]
 """Keys as in `training_jobs` (`id`, `status`, `current_epoch`, ..., `last_event_id`), plus
 `batch_loss`/`batch_accuracy` (the latest training batch's) and `started`."""
 
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("current_epoch", "int4"),
+    ("current_batch", "int4"),
+    ("total_batches", "int4"),
+    ("total_epochs", "int4"),
+    ("train_loss", "float8"),
+    ("val_loss", "float8"),
+    ("train_accuracy", "float8"),
+    ("val_accuracy", "float8"),
+    ("learning_rate", "float8"),
+    ("gradient_norm", "float8"),
+    ("best_epoch", "int4"),
+    ("best_val_loss", "float8"),
+    ("checkpoint_path", "text"),
+    ("onnx_model_path", "text"),
+    ("error_message", "text"),
+    ("dataset_size", "int4"),
+    ("train_samples", "int4"),
+    ("val_samples", "int4"),
+    ("mlflow_run_id", "text"),
+    ("celery_task_id", "text"),
+)
+"""The `training_jobs` columns events set (with their SQL types): each takes the value of the
+newest event that sets it."""
+
+LIVE_ONLY = ("batch_loss", "batch_accuracy")
+"""Values the live push shows that have no column (the latest training batch's)."""
+
 STATE_KEYS = (
     "id",
     "status",
-    "current_epoch",
-    "total_epochs",
+    *(name for name, _ in COLUMNS),
     "progress_percent",
-    "train_loss",
-    "val_loss",
-    "train_accuracy",
-    "val_accuracy",
-    "learning_rate",
-    "gradient_norm",
-    "error_message",
-    "current_batch",
-    "total_batches",
-    "best_epoch",
-    "best_val_loss",
-    "batch_loss",
-    "batch_accuracy",
+    "started_at",
+    "completed_at",
+    *LIVE_ONLY,
     "started",
     "last_event_id",
 )
 
+COMPLETE = -1.0
+"""`Effects.epochs_done` of a completed job: progress 100 %, whatever the epoch count."""
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What one event sets, before any state is known."""
+
+    status: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    """Column (or LIVE_ONLY key) → value; an event never sets a value to None."""
+    epochs_done: float | None = None
+    """Progress in epochs (2.5: half way through epoch 3), or COMPLETE."""
+    best_candidate: tuple[int, float] | None = None
+    """(epoch, val_loss) of an epoch that names no best epoch: the best when its loss is the
+    lowest so far."""
+
+
+def _epochs(event: EpochCompleted, values: dict[str, Any]) -> tuple[int, float] | None:
+    """The best-epoch values of an epoch event; returns a candidate when it names none."""
+    if event.best_epoch is not None:
+        values["best_epoch"] = event.best_epoch
+        if event.best_val_loss is not None:
+            values["best_val_loss"] = event.best_val_loss
+    elif event.is_best:
+        values["best_epoch"] = event.epoch
+        if event.val_loss is not None:
+            values["best_val_loss"] = event.val_loss
+    elif event.val_loss is not None:
+        return event.epoch, event.val_loss
+    return None
+
+
+def effects(event: Event) -> Effects:  # noqa: C901 - one case per event type
+    """What `event` sets; see `Effects`."""
+    values: dict[str, Any] = {}
+    epochs_done: float | None = None
+    candidate: tuple[int, float] | None = None
+
+    def put(name: str, value: Any) -> None:
+        if value is not None:
+            values[name] = value
+
+    match event:
+        case JobQueued():
+            put("total_epochs", event.total_epochs or None)
+        case JobStarted():
+            put("dataset_size", event.dataset_size or None)
+            put("train_samples", event.train_samples or None)
+            put("val_samples", event.val_samples or None)
+            put("total_batches", event.total_batches or None)
+        case BatchProgress():
+            put("current_epoch", event.epoch)
+            put("current_batch", event.batch)
+            put("total_batches", event.total_batches or None)
+            if event.total_batches > 0:
+                epochs_done = event.epoch - 1 + min(event.batch / event.total_batches, 1.0)
+            if event.points:
+                last = event.points[-1]
+                put("learning_rate", last.learning_rate)
+                put("gradient_norm", last.gradient_norm)
+                put("batch_loss", last.loss)
+                put("batch_accuracy", last.accuracy)
+        case EpochCompleted():
+            put("current_epoch", event.epoch)
+            put("total_epochs", event.total_epochs or None)
+            for name in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+                put(name, getattr(event, name))
+            put("learning_rate", event.learning_rate)
+            put("gradient_norm", event.gradient_norm)
+            epochs_done = float(event.epoch)
+            candidate = _epochs(event, values)
+        case CheckpointSaved():
+            put("checkpoint_path", event.path)
+        case JobCompleted():
+            put("best_epoch", event.best_epoch)
+            put("best_val_loss", event.best_val_loss)
+            put("checkpoint_path", event.checkpoint_path)
+            put("onnx_model_path", event.onnx_model_path)
+            epochs_done = COMPLETE
+        case JobFailed():
+            put("error_message", event.error_message)
+        case TrackingLinked():
+            put("mlflow_run_id", event.mlflow_run_id)
+        case JobPaused():
+            # A job paused before it ever started has no checkpoint yet.
+            put("checkpoint_path", event.checkpoint_path)
+        case JobResumed() | JobRequeued():
+            # The queue task that now holds the job (a shutdown re-queue keeps its own).
+            put("celery_task_id", event.task_id or None)
+    return Effects(status_of(event), values, epochs_done, candidate)
+
+
+def naive_utc(ts: float) -> datetime:
+    """Seconds since the epoch as naive UTC, the form every TIMESTAMP column holds."""
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
+
+
+def progress_percent(epochs_done: float, total_epochs: int | None) -> float | None:
+    """Progress for `Effects.epochs_done` (None when the total is unknown)."""
+    if epochs_done == COMPLETE:
+        return 100.0
+    if not total_epochs or total_epochs <= 0:
+        return None
+    return min(100.0, 100.0 * epochs_done / total_epochs)
+
 
 def from_row(row: Mapping[str, Any]) -> LiveStatus:
-    """The live status of a job as its database row stands."""
+    """The state of a job as its database row stands."""
     state: LiveStatus = {key: row.get(key) for key in STATE_KEYS}
     state["id"] = str(row["id"])
     state["started"] = row.get("started_at") is not None or row["status"] != JobStatus.QUEUED
@@ -75,6 +212,7 @@ def rewound(state: Mapping[str, Any]) -> LiveStatus:
     out = dict(state)
     if is_terminal(out):
         out["status"] = JobStatus.RUNNING.value if out["started"] else JobStatus.QUEUED.value
+        out["completed_at"] = None
     return out
 
 
@@ -92,68 +230,30 @@ def blank(state: Mapping[str, Any]) -> LiveStatus:
     return out
 
 
-def _progress(state: Mapping[str, Any], epochs_done: float) -> float:
-    total = state["total_epochs"] or 0
-    if total <= 0:
-        return float(state["progress_percent"] or 0.0)
-    return min(100.0, 100.0 * epochs_done / total)
-
-
-def apply(  # noqa: C901 - one case per event type
-    state: Mapping[str, Any], event: Event, event_id: str
-) -> LiveStatus:
-    """The status after `event` (pure: `state` is not modified).
+def apply(state: Mapping[str, Any], event: Event, event_id: str) -> LiveStatus:
+    """The state after `event` (pure: `state` is not modified).
 
     A finished job is returned unchanged; anything else records `event_id` as the newest event
-    the status reflects.
+    the state reflects.
     """
     if is_terminal(state):
         return dict(state)
+    fx = effects(event)
     out = dict(state)
     out["last_event_id"] = event_id
-    new = status_of(event)
-    if new is not None and can_transition(out["status"], new):
-        out["status"] = new
-        if new == JobStatus.RUNNING:
+    if fx.status is not None and can_transition(out["status"], fx.status):
+        out["status"] = fx.status
+        if fx.status == JobStatus.RUNNING:
             out["started"] = True
-    match event:
-        case JobQueued():
-            out["total_epochs"] = event.total_epochs or out["total_epochs"]
-        case JobStarted():
-            out["total_batches"] = event.total_batches or out["total_batches"]
-        case BatchProgress():
-            out["current_epoch"] = event.epoch
-            out["current_batch"] = event.batch
-            out["total_batches"] = event.total_batches or out["total_batches"]
-            if event.total_batches > 0:
-                fraction = min(event.batch / event.total_batches, 1.0)
-                out["progress_percent"] = _progress(out, event.epoch - 1 + fraction)
-            if event.points:
-                last = event.points[-1]
-                out["batch_loss"] = last.loss
-                out["batch_accuracy"] = last.accuracy
-                out["learning_rate"] = last.learning_rate
-                if last.gradient_norm is not None:
-                    out["gradient_norm"] = last.gradient_norm
-        case EpochCompleted():
-            out["current_epoch"] = event.epoch
-            out["total_epochs"] = event.total_epochs or out["total_epochs"]
-            for name in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
-                value = getattr(event, name)
-                if value is not None:
-                    out[name] = value
-            out["learning_rate"] = event.learning_rate
-            if event.gradient_norm is not None:
-                out["gradient_norm"] = event.gradient_norm
-            out["progress_percent"] = _progress(out, event.epoch)
-            if event.best_epoch is not None:
-                out["best_epoch"], out["best_val_loss"] = event.best_epoch, event.best_val_loss
-            elif event.is_best:
-                out["best_epoch"], out["best_val_loss"] = event.epoch, event.val_loss
-        case JobCompleted():
-            out["progress_percent"] = 100.0
-            if event.best_epoch is not None:
-                out["best_epoch"], out["best_val_loss"] = event.best_epoch, event.best_val_loss
-        case JobFailed():
-            out["error_message"] = event.error_message
+            out["started_at"] = out.get("started_at") or naive_utc(event.ts)
+        if JobStatus(fx.status) in TERMINAL:
+            out["completed_at"] = naive_utc(event.ts)
+    out.update(fx.values)
+    if fx.epochs_done is not None:
+        percent = progress_percent(fx.epochs_done, out.get("total_epochs"))
+        if percent is not None:
+            out["progress_percent"] = percent
+    best = out.get("best_val_loss")
+    if fx.best_candidate is not None and (best is None or fx.best_candidate[1] < best):
+        out["best_epoch"], out["best_val_loss"] = fx.best_candidate
     return out

@@ -56,6 +56,10 @@ class Settings(EnvSettings):
     """A training worker refreshes its job's lease every second; a lease silent this long
     means the worker is lost, and a reaper re-queues the job from its latest checkpoint."""
 
+    redis_timeout_s: float = 3.0
+    """Every Redis client connects and waits for each reply at most this long (a blocking read
+    adds its block time), so a stalled Redis gives a prompt 503 instead of a hung request."""
+
     max_recoveries: int = 3
     """How often a job is recovered from lost workers before it fails."""
 

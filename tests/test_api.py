@@ -80,9 +80,8 @@ async def test_create_returns_seed_body_and_get_finds_it(
     assert detail["recent_metrics"] == []
     assert detail["websocket_url"] == f"ws://testserver.local/ws/training/{body['id']}"
 
-    # The submission is on the commands stream and queued for exactly one arq worker.
-    commands = await _commands(redis_client)
-    assert [(type(c).__name__, c.job_id) for c in commands] == [("SubmitJob", body["id"])]
+    # The job is queued for exactly one arq worker (commands are only for running jobs).
+    assert await _commands(redis_client) == []
     queued = await redis_client.zrange(keys.ARQ_QUEUE, 0, -1)
     assert queued == [body["celery_task_id"].encode()]
 
@@ -218,7 +217,7 @@ async def test_cancel_queued_job(client: AsyncTestClient[Any], redis_client: are
     assert resp.status_code == 200
     assert resp.json()["job"]["status"] == "cancelled"
     assert (await client.get(f"{JOBS}/{job['id']}")).json()["job"]["status"] == "cancelled"
-    assert [type(c).__name__ for c in await _commands(redis_client)] == ["SubmitJob", "CancelJob"]
+    assert [type(c).__name__ for c in await _commands(redis_client)] == ["CancelJob"]
     assert await redis_client.exists(keys.cancel_flag(job["id"]))
     again = await client.post(f"{JOBS}/{job['id']}/cancel")
     assert again.status_code == 409

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,68 +13,21 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from support.processes import Up, cli_env
 
 from shared.net import free_port
 from shared.wavio import write_wav
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def _heimdall(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli.main", *args],
-        env=_env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
-
-
-class Up:
-    """A running `heimdall up`, stopped with SIGINT (Ctrl-C) when done."""
-
-    def __init__(self, data_dir: Path, port: int, *extra: str) -> None:
-        self.port = port
-        self.log = data_dir.parent / f"up-{port}.log"
-        self._out = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "services.cli.main",
-                "up",
-                "--data-dir",
-                str(data_dir),
-                "--port",
-                str(port),
-                *extra,
-            ],
-            env=_env(),
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-        self.base = f"http://127.0.0.1:{port}"
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            if re.search(r"^Heimdall is ready in \d", self.log.read_text(), re.M):
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"not ready in {timeout} s:\n{self.log.read_text()}")
-
-    def stop(self) -> int:
-        try:
-            self.proc.send_signal(signal.SIGINT)
-            return self.proc.wait(timeout=60)
-        finally:
-            self._out.close()
 
 
 @pytest.fixture

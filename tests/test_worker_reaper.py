@@ -46,12 +46,14 @@ async def test_lost_job_is_requeued_then_failed_after_max_recoveries(
     assert settings.database_url
     pool = await create_db_pool(settings.database_url)
     try:
-        reaper = Reaper(dataclasses.replace(settings, max_recoveries=1), pool, redis_client, queue)
+        reaper = Reaper(
+            dataclasses.replace(settings, max_recoveries=1), pool, redis_client, queue, grace_s=0
+        )
         lost = await _running_job(db)
         alive = await _running_job(db)
         # The live job's worker holds its lease; the lost one's lease has expired.
         assert await Lease(redis_client, alive, "worker-a", ttl_s=30).acquire()
-        await redis_client.sadd(keys.ACTIVE_JOBS, lost)
+        await redis_client.hset(keys.ACTIVE_JOBS, lost, "worker-b:1")
 
         assert await reaper.sweep() == [lost]
         requeued = [e for e in await _events(redis_client, lost) if isinstance(e, JobRequeued)]
@@ -60,13 +62,13 @@ async def test_lost_job_is_requeued_then_failed_after_max_recoveries(
         assert await reaper.sweep() == []  # claimed once, not twice
 
         # Lost again: past max_recoveries the job fails, with a message a person can act on.
-        await redis_client.sadd(keys.ACTIVE_JOBS, lost)
+        await redis_client.hset(keys.ACTIVE_JOBS, lost, "worker-b:1")
         assert await reaper.sweep() == [lost]
         failed = [e for e in await _events(redis_client, lost) if isinstance(e, JobFailed)]
         assert len(failed) == 1 and "giving up after 1 recoveries" in failed[0].error_message
 
         assert await _events(redis_client, alive) == []
-        assert await redis_client.sismember(keys.ACTIVE_JOBS, alive)
+        assert await redis_client.hexists(keys.ACTIVE_JOBS, alive)
     finally:
         await pool.close()
 
@@ -79,8 +81,8 @@ async def test_finished_job_is_not_recovered(
     try:
         job = await _running_job(db)
         await db.execute("UPDATE training_jobs SET status='completed' WHERE id=$1", uuid.UUID(job))
-        await redis_client.sadd(keys.ACTIVE_JOBS, job)
-        await Reaper(settings, pool, redis_client, queue).sweep()
+        await redis_client.hset(keys.ACTIVE_JOBS, job, "worker-b:1")
+        await Reaper(settings, pool, redis_client, queue, grace_s=0).sweep()
         assert await _events(redis_client, job) == []
         assert await redis_client.zcard(keys.ARQ_QUEUE) == 0
     finally:

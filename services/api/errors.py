@@ -13,7 +13,8 @@ import asyncpg
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+from redis.exceptions import RedisError
 
 from shared.errors import Conflict, HeimdallError, InvalidInput, NotFound, Unavailable
 
@@ -86,6 +87,29 @@ def data_error_handler(request: Request[Any, Any, Any], exc: asyncpg.DataError) 
     return Response(_body(400, detail), status_code=400)
 
 
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    OSError,
+)
+"""A database that is down, restarting or full of connections. Redis errors are RedisErrors,
+never bare OSErrors, so an OSError that reaches a route comes from connecting to PostgreSQL
+(a refused or missing socket, a connect timeout)."""
+
+
+def database_unavailable_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("database unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+    detail = f"the database (PostgreSQL) is unreachable ({type(exc).__name__}); try again shortly"
+    return Response(_body(503, detail), status_code=HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def redis_unavailable_handler(request: Request[Any, Any, Any], exc: RedisError) -> Response[Any]:
+    log.warning("redis unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+    detail = f"the job queue (Redis) is unreachable ({type(exc).__name__}); try again shortly"
+    return Response(_body(503, detail), status_code=HTTP_503_SERVICE_UNAVAILABLE)
+
+
 def unexpected_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """The last resort: log with a traceback, answer without leaking internals."""
     log.exception("unhandled error", path=request.url.path, error=type(exc).__name__)
@@ -101,6 +125,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ValidationException: validation_handler,
     HTTPException: http_error_handler,
     asyncpg.DataError: data_error_handler,
+    **dict.fromkeys(DATABASE_UNAVAILABLE, database_unavailable_handler),
+    RedisError: redis_unavailable_handler,
     Exception: unexpected_handler,
 }
 

@@ -23,19 +23,20 @@ from services.api.datasets import check_split
 from services.api.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.api.resources import Resources
 from services.tracking import delete_tracking
-from shared import keys
-from shared.commands import CancelJob, DeleteJob, PauseJob, ResumeJob, SubmitJob, send_command
+from shared import job_state, keys
+from shared.commands import CancelJob, DeleteJob, PauseJob, send_command
 from shared.config import ConfigError, TrainingConfig
+from shared.deletion import forget
+from shared.emit import DELETED
 from shared.event_log import events_after
 from shared.events import JobCancelled, JobPaused, JobQueued, JobResumed, parse_event_id
+from shared.ids import InvalidJobId, canonical_job_id
 from shared.jobs import fetch_job, insert_job
-from shared.status import ACTIVE, TERMINAL, JobStatus
+from shared.status import TERMINAL, JobStatus
 
 log = structlog.get_logger(__name__)
 
 JobName = Annotated[str, Meta(min_length=1, max_length=255)]
-
-FLAG_TTL_S = 30 * 24 * 3600
 
 UNQUEUE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
@@ -64,12 +65,27 @@ def _res(state: State) -> Resources:
     return state.resources  # type: ignore[no-any-return,unused-ignore]
 
 
-async def _job_or_404(res: Resources, job_id: str) -> Any:
+def job_key(raw: str) -> str:
+    """The canonical id of a path's job id (any spelling of a UUID), or 404."""
+    try:
+        return canonical_job_id(raw)
+    except InvalidJobId as exc:
+        raise NotFound(str(exc)) from None
+
+
+async def _job_or_404(res: Resources, raw: str) -> tuple[str, Any]:
+    """(canonical id, row) of the job a path names; 404 when there is none."""
+    job_id = job_key(raw)
     async with res.db.acquire() as conn:
         row = await fetch_job(conn, job_id)
     if row is None:
-        raise NotFound(f"no training job with id {job_id!r}")
-    return row
+        raise NotFound(f"no training job with id {raw!r}")
+    return job_id, row
+
+
+async def _now(res: Resources, row: Any, *, strict: bool = False) -> dict[str, Any]:
+    """The job as it stands now, before the recorder catches up (see shared/job_state)."""
+    return await job_state.current(res.redis, row, strict=strict)
 
 
 def websocket_url(request: Request[Any, Any, Any], job_id: str) -> str:
@@ -106,7 +122,6 @@ class JobsController(Controller):
         # The row is committed before the job is queued, so a worker or the recorder that
         # sees the job at once also finds its row.
         try:
-            await send_command(res.redis, SubmitJob(job_id=job_id, task_id=task_id))
             await res.redis.enqueue_job("train_job", job_id, _job_id=task_id)
             await res.emitter.emit(
                 JobQueued(job_id=job_id, task_id=task_id, total_epochs=data.config.epochs)
@@ -134,9 +149,9 @@ class JobsController(Controller):
         self, job_id: FromPath[str], state: State, request: Request[Any, Any, Any]
     ) -> dict[str, Any]:
         res = _res(state)
-        row = await _job_or_404(res, job_id)
+        job_id, row = await _job_or_404(res, job_id)
         return {
-            "job": views.job_detail(row),
+            "job": views.job_detail(await _now(res, row)),
             "recent_metrics": await store.recent_epochs(res.db, job_id, 10),
             "websocket_url": websocket_url(request, job_id),
         }
@@ -144,11 +159,13 @@ class JobsController(Controller):
     @delete("/{job_id:str}", status_code=204, summary="Cancel if active, then delete every trace")
     async def delete_job(self, job_id: FromPath[str], state: State) -> None:
         res = _res(state)
-        row = await _job_or_404(res, job_id)
-        if row["status"] in ACTIVE:
-            await send_command(res.redis, DeleteJob(job_id=job_id))
+        job_id, _ = await _job_or_404(res, job_id)
+        # The command stops a worker training the job (it removes what it wrote once it has
+        # stopped); `forget` marks the job deleted and removes every key naming it, and no
+        # later write can bring one back. Then the rows and files.
+        await send_command(res.redis, DeleteJob(job_id=job_id))
+        await forget(res.redis, job_id)
         await store.delete_job(res.db, job_id)
-        await res.redis.delete(keys.job_stream(job_id))
         _remove_artifacts(res.settings.artifacts_dir, job_id)
         await asyncio.to_thread(delete_tracking, res.settings, job_id)
         log.info("job deleted", job_id=job_id)
@@ -156,32 +173,35 @@ class JobsController(Controller):
     @post("/{job_id:str}/cancel", status_code=200, summary="Stop the job, keep its data")
     async def cancel(self, job_id: FromPath[str], state: State) -> dict[str, Any]:
         res = _res(state)
-        row = await _job_or_404(res, job_id)
-        if row["status"] in TERMINAL:
-            raise Conflict(f"job {job_id} is already {row['status']}; nothing to cancel")
-        # The command stops a running worker (and keeps a queued job from ever starting); the
-        # event makes the cancellation visible at once, live and in the database, even when
-        # no worker is alive. Later events of the job cannot move it back: statuses only move
-        # forward.
+        job_id, row = await _job_or_404(res, job_id)
+        now = await _now(res, row, strict=True)
+        if now["status"] in TERMINAL:
+            raise Conflict(f"job {job_id} is already {now['status']}; nothing to cancel")
+        # The final state is decided once, in Redis: this cancel wins only if no completion or
+        # failure was claimed first (the row may not show it yet). The one job_cancelled event
+        # is emitted here; the command then stops the worker, whose own cancel loses the claim.
+        claim = await res.emitter.send(JobCancelled(job_id=job_id))
+        if claim.final == DELETED:
+            raise NotFound(f"no training job with id {job_id!r}")
+        if not claim.won:
+            raise Conflict(f"job {job_id} is already {claim.final}; nothing to cancel")
         await send_command(res.redis, CancelJob(job_id=job_id))
-        await res.emitter.emit(JobCancelled(job_id=job_id))
-        now = await store.mark_status(res.db, job_id, JobStatus.CANCELLED)
         log.info("job cancelled", job_id=job_id)
-        return {"job": views.job_detail(now if now is not None else row)}
+        return {"job": views.job_detail(await _now(res, row))}
 
     @post("/{job_id:str}/pause", status_code=200, summary="Pause at the next batch boundary")
     async def pause(self, job_id: FromPath[str], state: State) -> dict[str, Any]:
         res = _res(state)
-        row = await _job_or_404(res, job_id)
-        if row["status"] not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        job_id, row = await _job_or_404(res, job_id)
+        now = await _now(res, row, strict=True)
+        if now["status"] not in (JobStatus.QUEUED, JobStatus.RUNNING):
             raise Conflict(
-                f"job {job_id} is {row['status']}; only a queued or running job can be paused"
+                f"job {job_id} is {now['status']}; only a queued or running job can be paused"
             )
-        # The flag makes any worker that picks the job up later pause it at once; the command
-        # reaches the worker training it, which checkpoints and emits JobPaused.
-        await res.redis.set(keys.pause_flag(job_id), "1", ex=FLAG_TTL_S)
+        # The command's flag makes any worker that picks the job up later pause it at once; the
+        # command reaches the worker training it, which checkpoints and emits JobPaused.
         await send_command(res.redis, PauseJob(job_id=job_id))
-        task_id = row["celery_task_id"]
+        task_id = now["celery_task_id"]
         unqueue = res.redis.register_script(UNQUEUE)
         waiting = await unqueue(
             keys=[keys.ARQ_QUEUE, f"{IN_PROGRESS_PREFIX}{task_id}"], args=[task_id]
@@ -189,25 +209,25 @@ class JobsController(Controller):
         if waiting:
             # No worker has it: nothing to checkpoint, it is paused now.
             await res.emitter.emit(JobPaused(job_id=job_id))
-            row = await store.mark_status(res.db, job_id, JobStatus.PAUSED) or row
         log.info("job pause requested", job_id=job_id, waiting=bool(waiting))
-        return {"job": views.job_detail(row)}
+        return {"job": views.job_detail(await _now(res, row))}
 
     @post("/{job_id:str}/resume", status_code=200, summary="Queue a paused job again")
     async def resume(self, job_id: FromPath[str], state: State) -> dict[str, Any]:
         res = _res(state)
-        row = await _job_or_404(res, job_id)
-        if row["status"] != JobStatus.PAUSED:
-            raise Conflict(f"job {job_id} is {row['status']}; only a paused job can be resumed")
-        # A new queue task: arq keeps the paused task's id until its result expires.
+        job_id, row = await _job_or_404(res, job_id)
+        now = await _now(res, row, strict=True)
+        if now["status"] != JobStatus.PAUSED:
+            raise Conflict(f"job {job_id} is {now['status']}; only a paused job can be resumed")
+        # A new queue task: arq keeps the paused task's id until its result expires. The event
+        # moves the job to `running` under that task id (`celery_task_id` always names the
+        # job's current queue task), as the recorder projects it.
         task_id = str(uuid.uuid4())
         await res.redis.delete(keys.pause_flag(job_id))
-        await send_command(res.redis, ResumeJob(job_id=job_id))
         await res.emitter.emit(JobResumed(job_id=job_id, task_id=task_id))
-        row = await store.resumed(res.db, job_id, task_id) or row
         await res.redis.enqueue_job("train_job", job_id, _job_id=task_id)
         log.info("job resumed", job_id=job_id, task_id=task_id)
-        return {"job": views.job_detail(row)}
+        return {"job": views.job_detail(await _now(res, row))}
 
     @get("/{job_id:str}/metrics", summary="Metrics for charts")
     async def metrics(
@@ -221,7 +241,7 @@ class JobsController(Controller):
     ) -> Response[bytes]:
         """`metrics` is a list of rows, or with `format=columns` one array per field."""
         res = _res(state)
-        row = await _job_or_404(res, job_id)
+        job_id, row = await _job_or_404(res, job_id)
         key = (job_id, row["last_event_id"], phase, limit, points, format)
         body = res.metrics_cache.get(key)
         if body is None:
@@ -245,7 +265,7 @@ class JobsController(Controller):
         res = _res(state)
         if after:
             parse_event_id(after)  # a bad id is a 400 naming `after` (shared.events)
-        await _job_or_404(res, job_id)
+        job_id, _ = await _job_or_404(res, job_id)
         events = await events_after(res.db, res.redis, job_id, after, limit)
         last = events[-1].event_id if events else after
         body = msgspec.json.encode({"job_id": job_id, "events": events, "last_event_id": last})
@@ -254,11 +274,11 @@ class JobsController(Controller):
     @get("/{job_id:str}/artifacts/{kind:str}", summary="Download the checkpoint or ONNX model")
     async def artifact(self, job_id: FromPath[str], kind: FromPath[str], state: State) -> File:
         res = _res(state)
-        row = await _job_or_404(res, job_id)
+        job_id, row = await _job_or_404(res, job_id)
         column = ARTIFACT_COLUMNS.get(kind)
         if column is None:
             raise NotFound(f"no artifact kind {kind!r}; use 'checkpoint' or 'onnx'")
-        stored = row[column]
+        stored = (await _now(res, row))[column]
         if not stored:
             raise NotFound(f"job {job_id} has no {kind} yet")
         path = _inside_job_dir(res.settings.artifacts_dir, job_id, stored)
@@ -274,7 +294,7 @@ ARTIFACT_COLUMNS = {"checkpoint": "checkpoint_path", "onnx": "onnx_model_path"}
 
 
 def _job_dir(artifacts_dir: Path, job_id: str) -> Path:
-    return (artifacts_dir / str(uuid.UUID(job_id))).resolve()
+    return (artifacts_dir / canonical_job_id(job_id)).resolve()
 
 
 def _inside_job_dir(artifacts_dir: Path, job_id: str, stored: str) -> Path | None:

@@ -195,7 +195,10 @@ class LiveHub:
 
     def _connected(self) -> aredis.client.PubSub:
         if self._pubsub is None:
-            self._client = aredis.Redis.from_url(self._url)
+            # A connect timeout only: the reader waits for messages without one.
+            self._client = aredis.Redis.from_url(
+                self._url, socket_connect_timeout=SUBSCRIBE_TIMEOUT_S, socket_keepalive=True
+            )
             self._pubsub = self._client.pubsub()
         return self._pubsub
 

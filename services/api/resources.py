@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 
 import asyncpg
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from litestar import Litestar
 from litestar.datastructures import State
 
@@ -17,6 +17,7 @@ from shared import keys
 from shared.db import create_pool as create_db_pool
 from shared.db import migrate
 from shared.emit import AsyncEmitter
+from shared.redis_clients import arq_client
 from shared.settings import Settings
 
 
@@ -46,11 +47,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(pool.close)
         async with pool.acquire() as conn:
             await migrate(conn)
-        redis = await create_pool(
-            RedisSettings.from_dsn(settings.redis_url),
-            default_queue_name=keys.ARQ_QUEUE,
-            retry=3,
-        )
+        redis = arq_client(settings.redis_url, settings.redis_timeout_s, keys.ARQ_QUEUE)
         stack.push_async_callback(redis.aclose)
         hub = LiveHub(settings.redis_url)  # connects on its first listener
         stack.push_async_callback(hub.aclose)

@@ -8,8 +8,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from shared.jobs import utcnow
-from shared.status import JobStatus, sql_rank_case
+from shared.status import JobStatus
 
 
 async def list_jobs(
@@ -27,41 +26,6 @@ async def list_jobs(
         )
         total = await conn.fetchval(f"SELECT count(*) FROM training_jobs {where}", *args)
     return list(rows), int(total)
-
-
-async def mark_status(
-    pool: asyncpg.Pool, job_id: str, status: JobStatus, error_message: str | None = None
-) -> asyncpg.Record | None:
-    """Move a job to `status` if the forward-only rule allows it; returns the row as it is now."""
-    rank = sql_rank_case("status")
-    new_rank = sql_rank_case("$2::varchar")
-    terminal = status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-    async with pool.acquire() as conn:
-        await conn.execute(
-            f"UPDATE training_jobs SET status = $2, updated_at = $3,"
-            f" completed_at = CASE WHEN $4 THEN coalesce(completed_at, $3) ELSE completed_at END,"
-            f" error_message = coalesce($5, error_message)"
-            f" WHERE id = $1 AND {rank} < 3 AND {new_rank} >= {rank}",
-            uuid.UUID(job_id),
-            status.value,
-            utcnow(),
-            terminal,
-            error_message,
-        )
-        return await conn.fetchrow("SELECT * FROM training_jobs WHERE id = $1", uuid.UUID(job_id))
-
-
-async def resumed(pool: asyncpg.Pool, job_id: str, task_id: str) -> asyncpg.Record | None:
-    """A paused job queued again: `running` (it keeps its place among active jobs) under its
-    new queue task id (`celery_task_id` always names the job's current queue task)."""
-    async with pool.acquire() as conn:
-        return await conn.fetchrow(
-            "UPDATE training_jobs SET status = 'running', celery_task_id = $2, updated_at = $3"
-            " WHERE id = $1 AND status = 'paused' RETURNING *",
-            uuid.UUID(job_id),
-            task_id,
-            utcnow(),
-        )
 
 
 async def delete_job(pool: asyncpg.Pool, job_id: str) -> None:

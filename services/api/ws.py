@@ -4,14 +4,18 @@ Messages are the seed's (`connected`, `training_status`, `pong`) plus `epoch_com
 `warning` and `error`; every message about an event carries its `event_id`, and a client that
 reconnects with `?after=<the last event_id it got>` receives everything it missed, once.
 Close codes: 1000 the job finished; 4404 unknown job; 4400 a bad `after`; 4408 the client fell
-too far behind; 1013 the live feed was interrupted (both of the last two: resume with `after`).
+too far behind; 1013 the live feed (or the database) was interrupted (both of the last two:
+resume with `after`). An `after` beyond the job's newest event (a client of a job whose events
+were lost with a Redis that died, or a made-up id) counts as "from now": the client gets the
+job's state and then its live events, its final status and a close, never a silent socket.
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
+import asyncpg
+import structlog
 from litestar import Litestar, WebSocket, websocket
 from litestar.params import FromPath
 from redis.exceptions import RedisError
@@ -34,9 +38,15 @@ from services.api.observability import ACTIVE_WEBSOCKETS
 from services.api.resources import Resources
 from shared import keys, live_state
 from shared.events import parse_event_id
+from shared.ids import InvalidJobId, canonical_job_id
 from shared.jobs import fetch_job
 
+UNAVAILABLE = (FeedLost, RedisError, OSError, TimeoutError, asyncpg.PostgresError)
+"""Store failures that end a socket with 1013 (reconnect and resume) instead of an error."""
+
 Socket = WebSocket[Any, Any, Any]
+
+log = structlog.get_logger(__name__)
 
 
 def hub_of(app: Litestar) -> LiveHub:
@@ -50,15 +60,17 @@ async def _refuse(socket: Socket, sender: Sender, code: int, detail: str, job_id
     await close(socket, code, detail)
 
 
+async def _job_id(socket: Socket, sender: Sender, raw: str) -> str | None:
+    """The canonical id of the path's job id, or None after refusing a non-UUID."""
+    try:
+        return canonical_job_id(raw)
+    except InvalidJobId as exc:
+        await _refuse(socket, sender, CLOSE_NOT_FOUND, str(exc), raw)
+        return None
+
+
 async def _job_row(socket: Socket, sender: Sender, job_id: str) -> Any:
     """The job's row, or None after telling the client there is no such job."""
-    try:
-        uuid.UUID(job_id)
-    except ValueError:
-        await _refuse(
-            socket, sender, CLOSE_NOT_FOUND, f"no training job with id {job_id!r}", job_id
-        )
-        return None
     res: Resources = socket.app.state.resources
     async with res.db.acquire() as conn:
         row = await fetch_job(conn, job_id)
@@ -69,6 +81,16 @@ async def _job_row(socket: Socket, sender: Sender, job_id: str) -> Any:
     return row
 
 
+async def _newest_id(res: Resources, last: str | None, job_id: str) -> tuple[int, int] | None:
+    """The id of the job's newest event: its stream's, or the row's when that is newer."""
+    newest = [parse_event_id(last)] if last else []
+    tail = await res.redis.xrevrange(keys.job_stream(job_id), count=1)
+    if tail:
+        raw = tail[0][0]
+        newest.append(parse_event_id(raw.decode() if isinstance(raw, bytes) else str(raw)))
+    return max(newest) if newest else None
+
+
 @websocket("/ws/training/{job_id:str}", name="training_ws")
 async def training_socket(socket: Socket, job_id: FromPath[str]) -> None:
     """Live status of one job; `?after=EVENT_ID` first sends every event after that id."""
@@ -77,10 +99,13 @@ async def training_socket(socket: Socket, job_id: FromPath[str]) -> None:
         await _serve_training(socket, job_id)
 
 
-async def _serve_training(socket: Socket, job_id: str) -> None:
+async def _serve_training(socket: Socket, raw_id: str) -> None:  # noqa: C901 - one path
     sender = Sender(socket)
     res: Resources = socket.app.state.resources
     after = socket.query_params.get("after") or None
+    job_id = await _job_id(socket, sender, raw_id)
+    if job_id is None:
+        return
     try:
         after_key = parse_event_id(after) if after else None
     except ValueError as exc:
@@ -95,6 +120,11 @@ async def _serve_training(socket: Socket, job_id: str) -> None:
             snapshot = live_state.from_row(row)
             feed = Feed(snapshot, sender)
             last = snapshot["last_event_id"]
+            if after_key is not None:
+                newest = await _newest_id(res, last, job_id)
+                if newest is None or after_key > newest:
+                    log.info("websocket after beyond the newest event", job_id=job_id, after=after)
+                    after = after_key = None
             if after is not None and after_key is not None:
                 if last is None or after_key < parse_event_id(last):
                     feed.state = live_state.rewound(snapshot)
@@ -118,7 +148,7 @@ async def _serve_training(socket: Socket, job_id: str) -> None:
                 await pump_live(feed, sub, res.settings.heartbeat_s, replay=False)
 
             await supervise(socket, sender, sub, pump, lambda: feed.sent_id)
-    except (FeedLost, RedisError, OSError, TimeoutError):
+    except UNAVAILABLE:
         await close(socket, CLOSE_TRY_AGAIN, "live feed unavailable; reconnect to resume")
 
 
@@ -130,9 +160,12 @@ async def replay_socket(socket: Socket, job_id: FromPath[str]) -> None:
         await _serve_replay(socket, job_id)
 
 
-async def _serve_replay(socket: Socket, job_id: str) -> None:
+async def _serve_replay(socket: Socket, raw_id: str) -> None:
     sender = Sender(socket)
     res: Resources = socket.app.state.resources
+    job_id = await _job_id(socket, sender, raw_id)
+    if job_id is None:
+        return
     try:
         async with hub_of(socket.app).listen(keys.replay_channel(job_id)) as sub:
             row = await _job_row(socket, sender, job_id)
@@ -146,7 +179,7 @@ async def _serve_replay(socket: Socket, job_id: str) -> None:
                 await pump_live(feed, sub, res.settings.heartbeat_s, replay=True)
 
             await supervise(socket, sender, sub, pump, lambda: None)
-    except (FeedLost, RedisError, OSError, TimeoutError):
+    except UNAVAILABLE:
         await close(socket, CLOSE_TRY_AGAIN, "replay feed unavailable; reconnect")
 
 

@@ -56,21 +56,28 @@ async def _prepare_database(settings: Settings, demo: bool) -> None:
         await conn.close()
 
 
-def _wait_http(url: str, timeout: float, supervisor: Any) -> None:
+def _http_ok(url: str) -> bool:
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        failed = supervisor.failed()
-        if failed:
-            raise RuntimeError(f"{failed} exited during start-up")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class _Stop:
+    """SIGINT and SIGTERM stop `up`, whatever the shell that started it ignored: the first
+    one unwinds whatever runs (start-up included), later ones are ignored while it stops."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            self.requested = True
+            raise KeyboardInterrupt
 
 
 @app.command()
@@ -81,15 +88,20 @@ def up(
     workers: Annotated[int, typer.Option(min=0, max=64, help="Training workers.")] = 1,
     demo: Annotated[bool, typer.Option(help="Seed the synthetic dataset 'default'.")] = False,
 ) -> None:
-    """The whole system: API, N training workers and the recorder (embedded stores if unset)."""
+    """The whole system: API, N training workers and the recorder (embedded stores if unset);
+    each is restarted when it dies, until Ctrl-C or SIGTERM stops them all."""
+    import sys
+
     from services.cli.embedded import embedded_stores
-    from services.cli.supervisor import Supervisor
+    from services.cli.supervisor import Child, StartError, Supervisor, become_subreaper
 
     started = time.monotonic()
+    stop = _Stop()
     settings = _settings(host=host, port=port, data_dir=data_dir)
-    _terminate_on_sigterm()
+    become_subreaper()
+    supervisor = Supervisor(owns_descendants=True)
     try:
-        with embedded_stores(settings) as settings:
+        with embedded_stores(settings, supervisor) as settings:
             asyncio.run(_prepare_database(settings, demo))
             env = {
                 **os.environ,
@@ -99,34 +111,35 @@ def up(
                 "HEIMDALL_HOST": settings.host,
                 "HEIMDALL_PORT": str(settings.port),
             }
-            supervisor = Supervisor(env)
-            try:
-                # The API first: on two cores, the workers' torch import would slow its start.
-                # Jobs submitted before a worker is up simply wait in the queue.
-                supervisor.start("api", "api")
-                base = f"http://{settings.host}:{settings.port}"
-                _wait_http(f"{base}/health", 30.0, supervisor)
-                supervisor.start("recorder", "recorder")
-                for i in range(workers):
-                    supervisor.start(f"worker-{i + 1}", "worker")
-                typer.echo(
-                    f"Heimdall is ready in {time.monotonic() - started:.1f} s\n"
-                    f"  dashboard  {base}/\n  REST       {base}/api/v1/training/jobs\n"
-                    f"  API docs   {base}/schema\n  WebSocket  ws://{settings.host}:"
-                    f"{settings.port}/ws/training/<job_id>\n"
-                    f"  data dir   {settings.data_dir.resolve()}\nPress Ctrl-C to stop."
-                )
-                while (failed := supervisor.failed()) is None:
-                    time.sleep(0.5)
-                typer.echo(f"{failed} stopped unexpectedly; shutting down", err=True)
-                raise typer.Exit(1)
-            finally:
-                supervisor.stop()
+            base = f"http://{settings.host}:{settings.port}"
+
+            def child(name: str, command: str, **kw: Any) -> Child:
+                argv = [sys.executable, "-m", "services.cli.main", command]
+                return Child(name=name, argv=argv, env=env, **kw)
+
+            # The API first: on two cores, the workers' torch import would slow its start.
+            # Jobs submitted before a worker is up simply wait in the queue.
+            supervisor.start(child("api", "api", ready=lambda: _http_ok(f"{base}/health")))
+            supervisor.start(child("recorder", "recorder"))
+            for i in range(workers):
+                supervisor.start(child(f"worker-{i + 1}", "worker"))
+            typer.echo(
+                f"Heimdall is ready in {time.monotonic() - started:.1f} s\n"
+                f"  dashboard  {base}/\n  REST       {base}/api/v1/training/jobs\n"
+                f"  API docs   {base}/schema\n  WebSocket  ws://{settings.host}:"
+                f"{settings.port}/ws/training/<job_id>\n"
+                f"  data dir   {settings.data_dir.resolve()}\nPress Ctrl-C to stop."
+            )
+            supervisor.run(until=lambda: stop.requested)
     except KeyboardInterrupt:
-        typer.echo("stopped")
-    except RuntimeError as exc:  # a service failed to start; the reason is above
+        pass
+    except StartError as exc:  # a service failed to start; the reason is above
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    finally:
+        stop.requested = True
+        supervisor.stop_all()
+    typer.echo("stopped")
 
 
 @app.command()
@@ -212,6 +225,17 @@ def _headers() -> dict[str, str]:
 ApiUrl = Annotated[str | None, typer.Option("--url", help="API base URL (default from env).")]
 
 
+def _job_arg(raw: str) -> str:
+    """A job id argument in its canonical spelling; exits 2 with the reason when it is none."""
+    from shared.ids import InvalidJobId, canonical_job_id
+
+    try:
+        return canonical_job_id(raw)
+    except InvalidJobId as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _call(method: str, url: str, **kw: Any) -> Any:
     import httpx
 
@@ -277,6 +301,7 @@ def jobs_list(
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, url: ApiUrl = None) -> None:
     """Stop a job, keeping its data."""
+    job_id = _job_arg(job_id)
     body = _call("POST", f"{_api_base(url)}/api/v1/training/jobs/{job_id}/cancel")
     typer.echo(body["job"]["status"])
 
@@ -284,6 +309,7 @@ def jobs_cancel(job_id: str, url: ApiUrl = None) -> None:
 @jobs_app.command("watch")
 def jobs_watch(job_id: str, url: ApiUrl = None) -> None:
     """A live progress bar until the job finishes."""
+    job_id = _job_arg(job_id)
     from services.cli.watch import watch  # type: ignore[import-not-found,unused-ignore]
 
     status = asyncio.run(watch(_api_base(url), job_id, _from_env(Settings).api_token))
@@ -311,6 +337,7 @@ def replay(
     data_dir: DataDir = None,
 ) -> None:
     """Re-emit a recorded job's events, with their spacing divided by SPEED, for a frontend."""
+    job_id = _job_arg(job_id)
     from services.cli.embedded import embedded_stores
     from services.cli.replay import replay as run_replay  # type: ignore[import-not-found,unused-ignore]
 

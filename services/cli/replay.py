@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-import uuid
 from contextlib import AsyncExitStack
 
-import redis.asyncio as aredis
 import structlog
 
 from shared import keys
 from shared.db import create_pool
 from shared.event_log import events_after
 from shared.events import parse_event_id
+from shared.ids import canonical_job_id
 from shared.jobs import fetch_job
+from shared.redis_clients import async_client
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -28,13 +28,11 @@ log = structlog.get_logger(__name__)
 PAGE = 1000
 
 
-def _check(job_id: str, speed: float) -> None:
+def _check(job_id: str, speed: float) -> str:
+    """The canonical job id; ValueError (InvalidJobId) for a bad id or speed."""
     if not (isinstance(speed, int | float) and math.isfinite(speed) and speed > 0):
         raise ValueError(f"speed must be a positive number (2 = twice as fast), not {speed!r}")
-    try:
-        uuid.UUID(job_id)
-    except ValueError:
-        raise ValueError(f"no training job with id {job_id!r} (not a job id)") from None
+    return canonical_job_id(job_id)
 
 
 async def replay(settings: Settings, job_id: str, speed: float = 1.0) -> int:
@@ -43,13 +41,13 @@ async def replay(settings: Settings, job_id: str, speed: float = 1.0) -> int:
     Raises ValueError for a speed that is not a positive number and for an unknown job.
     `settings` must carry resolved store URLs (see services.cli.embedded.embedded_stores).
     """
-    _check(job_id, speed)
+    job_id = _check(job_id, speed)
     assert settings.redis_url and settings.database_url, "resolve store URLs first"
     bound = log.bind(job_id=job_id, speed=speed)
     async with AsyncExitStack() as stack:
         pool = await create_pool(settings.database_url, min_size=1, max_size=2)
         stack.push_async_callback(pool.close)
-        client = aredis.Redis.from_url(settings.redis_url)
+        client = async_client(settings.redis_url, settings.redis_timeout_s)
         stack.push_async_callback(client.aclose)
         async with pool.acquire() as conn:
             if await fetch_job(conn, job_id) is None:

@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import asyncpg
-import redis.asyncio as aredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.redis_clients import async_client
 from shared.settings import Settings
 
 from .entries import parse_entry
@@ -253,9 +253,7 @@ async def _run(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
                 installed.append(sig)
-    client = aredis.Redis.from_url(
-        settings.redis_url, socket_keepalive=True, health_check_interval=30
-    )
+    client = async_client(settings.redis_url, settings.redis_timeout_s, block_s=rs.block_ms / 1000)
     store = Store(settings.database_url, rs)
     recorder = Recorder(EventStream(client, consumer, rs), store, rs, stop)
     started = time.monotonic()

@@ -1,12 +1,14 @@
 """The job projection: folding a batch's events into one forward-only update per job.
 
-Within a batch, a job's events are folded in stream order into a `JobDelta`: the status the
-batch moves the job to (by `shared.status` rules, so the first terminal status wins and nothing
-after it counts), and, for every other column, the latest value and the id of the event that
-set it. The UPDATE then applies each value only when that event is newer than the job's
-`last_event_id` (or the column is still empty), so batches committed out of order — a claimed
-batch of a dead consumer, two recorders sharing the stream — never move a job backwards, and a
-terminal job is never touched again.
+What each event sets comes from the one reducer, `shared.live_state.effects`. Within a batch, a
+job's events are folded in stream order into a `JobDelta`: the status the batch moves the job
+to (by `shared.status` rules, so the first terminal status wins and nothing after it counts),
+and, for every other column, the latest value and the id of the event that set it. The UPDATE
+then applies each value only when that event is newer than the job's `last_event_id` (or the
+column is still empty), so batches committed out of order — a claimed batch of a dead consumer,
+two recorders sharing the stream — never move a job backwards, and a terminal job is never
+touched again: a later terminal event (in this batch or any later one) cannot replace an
+earlier one. tests/test_projection_reducer.py checks the SQL against `live_state.apply`.
 """
 
 from __future__ import annotations
@@ -16,19 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.events import (
-    BatchProgress,
-    CheckpointSaved,
-    EpochCompleted,
-    JobCompleted,
-    JobFailed,
-    JobPaused,
-    JobRequeued,
-    JobResumed,
-    JobStarted,
-    TrackingLinked,
-    status_of,
-)
+from shared.live_state import COLUMNS, COMPLETE, effects
 from shared.status import TERMINAL, JobStatus, can_transition, sql_rank_case
 
 from .entries import Entry
@@ -36,28 +26,10 @@ from .entries import Entry
 ID_SCALE = 10_000_000_000
 """An event id `<ms>-<seq>` as one number, `ms * ID_SCALE + seq`, for ordering in SQL."""
 
-LATEST_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("current_epoch", "int4"),
-    ("current_batch", "int4"),
-    ("total_batches", "int4"),
-    ("train_loss", "float8"),
-    ("val_loss", "float8"),
-    ("train_accuracy", "float8"),
-    ("val_accuracy", "float8"),
-    ("learning_rate", "float8"),
-    ("gradient_norm", "float8"),
-    ("best_epoch", "int4"),
-    ("best_val_loss", "float8"),
-    ("checkpoint_path", "text"),
-    ("onnx_model_path", "text"),
-    ("error_message", "text"),
-    ("dataset_size", "int4"),
-    ("train_samples", "int4"),
-    ("val_samples", "int4"),
-    ("mlflow_run_id", "text"),
-    ("celery_task_id", "text"),
-)
-"""Columns that take the value of the newest event that sets them."""
+LATEST_COLUMNS = COLUMNS
+"""Columns that take the value of the newest event that sets them (the reducer's table)."""
+
+_PROJECTED = frozenset(name for name, _ in COLUMNS)
 
 
 def id_number(id_ms: int, id_seq: int) -> int:
@@ -77,9 +49,10 @@ class JobDelta:
     latest: dict[str, tuple[Any, int]] = field(default_factory=dict)
     """column → (value, id number of the event that set it)."""
     progress: tuple[float, int] | None = None
-    """(completed epochs as a fraction, id number); -1 means the job completed."""
+    """(completed epochs as a fraction, id number); `COMPLETE` means the job completed."""
     best_min: tuple[int, float] | None = None
-    """(epoch, val_loss) of the batch's lowest validation loss, for events that name no best."""
+    """(epoch, val_loss): the lowest validation loss of the epochs that name no best epoch,
+    after the batch's last one that does."""
     last_event_id: str | None = None
     last_number: int = -1
     status_number: int | None = None
@@ -90,81 +63,35 @@ class JobDelta:
     def terminal(self) -> bool:
         return self.status is not None and JobStatus(self.status) in TERMINAL
 
-    def apply(self, entry: Entry) -> None:  # noqa: C901 - one case per event type
+    def apply(self, entry: Entry) -> None:
         """Fold one event (entries must come in stream order); events after a terminal one
         are ignored, as are their effects on the job."""
         event = entry.event
         if event is None or self.terminal:
             return
         number = id_number(entry.id_ms, entry.id_seq)
-        new = status_of(event)
-        if new is not None:
-            if self.status is None or can_transition(self.status, new):
-                self.status, self.status_number = new, number
-            if new == JobStatus.RUNNING and self.started_at is None:
-                self.started_at = entry.timestamp
-            if JobStatus(new) in TERMINAL:
-                self.completed_at = entry.timestamp
+        fx = effects(event)
+        if fx.status is not None:
+            self._status(fx.status, number, entry.timestamp)
         self.last_event_id, self.last_number = entry.event_id, number
-
-        def put(column: str, value: Any) -> None:
-            if value is not None:
+        for column, value in fx.values.items():
+            if column in _PROJECTED:
                 self.latest[column] = (value, number)
+        if "best_epoch" in fx.values:
+            self.best_min = None  # a named best epoch replaces any candidate before it
+        if fx.epochs_done is not None:
+            self.progress = (fx.epochs_done, number)
+        candidate = fx.best_candidate
+        if candidate is not None and (self.best_min is None or candidate[1] < self.best_min[1]):
+            self.best_min = candidate
 
-        match event:
-            case JobStarted():
-                put("dataset_size", event.dataset_size or None)
-                put("train_samples", event.train_samples or None)
-                put("val_samples", event.val_samples or None)
-                put("total_batches", event.total_batches or None)
-            case BatchProgress():
-                put("current_epoch", event.epoch)
-                put("current_batch", event.batch)
-                put("total_batches", event.total_batches or None)
-                if event.total_batches > 0:
-                    fraction = min(event.batch / event.total_batches, 1.0)
-                    self.progress = (event.epoch - 1 + fraction, number)
-                if event.points:
-                    last = event.points[-1]
-                    put("learning_rate", last.learning_rate)
-                    put("gradient_norm", last.gradient_norm)
-            case EpochCompleted():
-                put("current_epoch", event.epoch)
-                put("train_loss", event.train_loss)
-                put("val_loss", event.val_loss)
-                put("train_accuracy", event.train_accuracy)
-                put("val_accuracy", event.val_accuracy)
-                put("learning_rate", event.learning_rate)
-                put("gradient_norm", event.gradient_norm)
-                self.progress = (float(event.epoch), number)
-                if event.best_epoch is not None:
-                    put("best_epoch", event.best_epoch)
-                    put("best_val_loss", event.best_val_loss)
-                elif event.is_best:
-                    put("best_epoch", event.epoch)
-                    put("best_val_loss", event.val_loss)
-                elif event.val_loss is not None and (
-                    self.best_min is None or event.val_loss < self.best_min[1]
-                ):
-                    self.best_min = (event.epoch, event.val_loss)
-            case CheckpointSaved():
-                put("checkpoint_path", event.path)
-            case JobCompleted():
-                put("best_epoch", event.best_epoch)
-                put("best_val_loss", event.best_val_loss)
-                put("checkpoint_path", event.checkpoint_path)
-                put("onnx_model_path", event.onnx_model_path)
-                self.progress = (-1.0, number)
-            case JobFailed():
-                put("error_message", event.error_message)
-            case TrackingLinked():
-                put("mlflow_run_id", event.mlflow_run_id)
-            case JobPaused():
-                # A job paused before it ever started has no checkpoint and no epoch yet.
-                put("checkpoint_path", event.checkpoint_path)
-            case JobResumed() | JobRequeued():
-                # The queue task that now holds the job (a shutdown re-queue keeps its own).
-                put("celery_task_id", event.task_id or None)
+    def _status(self, new: str, number: int, at: datetime) -> None:
+        if self.status is None or can_transition(self.status, new):
+            self.status, self.status_number = new, number
+        if new == JobStatus.RUNNING and self.started_at is None:
+            self.started_at = at
+        if JobStatus(new) in TERMINAL:
+            self.completed_at = at
 
     def params(self) -> tuple[Any, ...]:
         """Arguments of `UPDATE_SQL`, in order."""
@@ -212,11 +139,9 @@ def _update_sql() -> str:
         " ELSE j.completed_at END",
     ]
     latest: dict[str, str] = {}
-    numbers: dict[str, str] = {}
     n = 5
     for column, type_ in LATEST_COLUMNS:
         value, number = f"${n}::{type_}", f"${n + 1}::numeric"
-        numbers[column] = number
         latest[column] = (
             f"CASE WHEN {number} IS NOT NULL AND ({number} > {last}"
             f" OR j.{column} IS NULL) THEN {value} ELSE j.{column} END"
@@ -225,11 +150,11 @@ def _update_sql() -> str:
     progress, p_number, best_epoch, best_loss, last_id, last_number = (
         f"${n + i}" for i in range(6)
     )
-    # A best epoch derived from the lowest validation loss is order-independent; it only counts
-    # when the batch itself named no best epoch.
+    # A best epoch derived from the lowest validation loss counts when it is lower than the
+    # best the batch named (or the row had), as `live_state.apply` does event by event.
     derived = (
-        f"{numbers['best_epoch']} IS NULL AND {best_loss}::float8 IS NOT NULL"
-        f" AND {best_loss}::float8 < COALESCE(j.best_val_loss, 'Infinity'::float8)"
+        f"{best_loss}::float8 IS NOT NULL AND {best_loss}::float8"
+        f" < COALESCE({latest['best_val_loss']}, 'Infinity'::float8)"
     )
     latest["best_epoch"] = (
         f"CASE WHEN {derived} THEN {best_epoch}::int4 ELSE {latest['best_epoch']} END"
@@ -241,7 +166,7 @@ def _update_sql() -> str:
     sets.append(
         f"progress_percent = CASE WHEN {p_number}::numeric IS NULL"
         f" OR {p_number}::numeric <= {last} THEN j.progress_percent"
-        f" WHEN {progress}::float8 < 0 THEN 100.0"
+        f" WHEN {progress}::float8 = {COMPLETE} THEN 100.0"
         f" ELSE LEAST(100.0, 100.0 * {progress}::float8 / NULLIF(j.total_epochs, 0)) END"
     )
     sets.append(

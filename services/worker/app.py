@@ -12,16 +12,16 @@ from typing import Any
 
 import redis.asyncio as aredis
 import structlog
-from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from services.tracking import JobTrackers, TrackingSettings
 from services.worker.lease import Reaper
-from services.worker.listener import CommandListener
+from services.worker.listener import BLOCK_MS, CommandListener
 from services.worker.process import warm_up
 from services.worker.runner import JobRunner, train_job
 from shared import keys
 from shared.db import create_pool
+from shared.redis_clients import arq_client, async_client
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -45,7 +45,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings = _settings_from(ctx)
     assert settings.database_url and settings.redis_url
     ctx["db_pool"] = await create_pool(settings.database_url)
-    client = aredis.Redis.from_url(settings.redis_url)
+    # XREAD BLOCK (the command listener, the trackers) waits up to BLOCK_MS for a reply.
+    client = async_client(settings.redis_url, settings.redis_timeout_s, block_s=BLOCK_MS / 1000)
     ctx["redis_client"] = client
     listener = CommandListener(client)
     await listener.start()
@@ -99,7 +100,7 @@ def create_worker(
     return Worker(
         functions=[func(train_job, name="train_job", max_tries=MAX_TRIES, timeout=JOB_TIMEOUT_S)],
         queue_name=keys.ARQ_QUEUE,
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        redis_pool=arq_client(settings.redis_url, settings.redis_timeout_s, keys.ARQ_QUEUE),
         on_startup=startup,
         on_shutdown=shutdown,
         ctx={"settings": settings, "tracking": tracking or TrackingSettings()},

@@ -10,6 +10,7 @@ train it at once; each run continues from the job's latest resumable checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ import asyncpg
 import msgspec
 import redis.asyncio as aredis
 import structlog
+from redis.exceptions import RedisError
 
 from services.tracking import JobTrackers, delete_tracking
 from services.worker.checkpoint import BEST
@@ -31,8 +33,8 @@ from services.worker.listener import CommandListener, Watch
 from services.worker.preempt import Preempt
 from services.worker.process import Payload, TrainingRun
 from services.worker.run import TrainSpec
-from shared import keys
-from shared.commands import DeleteJob
+from shared import job_state, keys
+from shared.deletion import is_deleted
 from shared.emit import AsyncEmitter
 from shared.events import (
     BatchProgress,
@@ -43,11 +45,11 @@ from shared.events import (
     JobPaused,
     JobRequeued,
     decode_event,
-    status_of,
 )
 from shared.jobs import fetch_job, job_config
+from shared.redis_clients import url_with_timeouts
 from shared.settings import Settings
-from shared.status import TERMINAL, JobStatus
+from shared.status import TERMINAL
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +59,12 @@ FLAG_POLL_S = 0.5
 
 TAIL_SCAN = 2000
 """How many of a job's newest events are read to find what an earlier attempt emitted."""
+
+EMIT_RETRY_S = 30.0
+"""The worker's own events (cancelled, failed, re-queued) outlast a Redis outage this long."""
+
+TRACKER_WAIT_S = 5.0
+"""After a delete, how long the job's tracker may take to close its files before they go."""
 
 
 def worker_name() -> str:
@@ -82,7 +90,7 @@ class JobRunner:
         self._pool = pool
         self._client = client
         self._listener = listener
-        self._emitter = AsyncEmitter(client, settings.job_stream_maxlen)
+        self._emitter = AsyncEmitter(client, settings.job_stream_maxlen, retry_s=EMIT_RETRY_S)
         self._trackers = trackers
         self.name = worker_name()
 
@@ -98,43 +106,69 @@ class JobRunner:
                 return await self._run(job_id, attempt, watch)
             finally:
                 self._listener.unwatch(job_id)
-                if self._trackers is not None:
-                    self._trackers.release(job_id)
+                await asyncio.shield(self._let_go(job_id))
 
-    async def _run(self, job_id: str, attempt: int, watch: Watch) -> str:
+    async def _let_go(self, job_id: str) -> None:
+        """The job leaves this worker. A deleted one takes its files along, once its tracker
+        (which may still be flushing) has closed them."""
+        try:
+            deleted = await is_deleted(self._client, job_id)
+        except (RedisError, OSError) as exc:
+            log.warning("cannot tell whether the job was deleted", error=str(exc))
+            deleted = False
+        if self._trackers is not None:
+            if not deleted:
+                self._trackers.release(job_id)
+            else:
+                self._trackers.release(job_id, grace_s=0.0)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(TRACKER_WAIT_S):
+                        await self._trackers.wait(job_id)
+        if deleted:
+            self._remove_artifacts(job_id)
+
+    async def _may_run(self, job_id: str) -> Any:
+        """The job's row, or None when it must not run: deleted, or already finished (its final
+        state is claimed before the recorder shows it)."""
         async with self._pool.acquire() as conn:
             row = await fetch_job(conn, job_id)
         if row is None:
             log.warning("job not found; skipped")
-            return "skipped"
-        if JobStatus(row["status"]) in TERMINAL:
-            log.info("job already finished; skipped", status=row["status"])
+            return None
+        status = (await job_state.current(self._client, row, strict=True))["status"]
+        if status in TERMINAL:
+            log.info("job already finished; skipped", status=status)
+            return None
+        return row
+
+    async def _run(self, job_id: str, attempt: int, watch: Watch) -> str:
+        if await self._may_run(job_id) is None:
             return "skipped"
         flag = await self._cancel_flag(job_id)
         if flag is not None:
-            await self._cancelled(job_id, flag == DeleteJob.__struct_config__.tag, None)
+            await self._cancelled(job_id, None)
             return "cancelled"
         lease = Lease(self._client, job_id, self.name, self.settings.lease_ttl_s)
         if not await lease.acquire_within(self.settings.lease_ttl_s + 1.0):
-            log.info("another worker holds the job's lease; skipped")
-            return "skipped: leased elsewhere"
+            log.info("job deleted, or another worker holds its lease; skipped")
+            return "skipped: deleted" if lease.deleted else "skipped: leased elsewhere"
         lost = asyncio.Event()
         heartbeat = asyncio.create_task(lease.keep_alive(lost), name=f"lease-{job_id[:8]}")
         try:
-            return await self._leased(job_id, attempt, watch, lost, row)
+            # Again under the lease: a delete or a final event may have come meanwhile.
+            row = await self._may_run(job_id)
+            if row is None:
+                return "skipped"
+            return await self._leased(job_id, attempt, watch, lease, lost, row)
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
             await asyncio.shield(lease.release())
 
     async def _leased(
-        self, job_id: str, attempt: int, watch: Watch, lost: asyncio.Event, row: Any
+        self, job_id: str, attempt: int, watch: Watch, lease: Lease, lost: asyncio.Event, row: Any
     ) -> str:
         tail = await self._stream_tail(job_id)
-        if tail.finished:
-            # The recorder has not caught up yet; the job's own stream has.
-            log.info("job already finished; skipped")
-            return "skipped"
         if await self._client.exists(keys.pause_flag(job_id)):
             log.info("job paused before it started")
             await self._emit(JobPaused(job_id=job_id))
@@ -166,7 +200,7 @@ class JobRunner:
         )
         payload = Payload(
             spec=spec,
-            redis_url=self._redis_url(),
+            redis_url=url_with_timeouts(self._redis_url(), self.settings.redis_timeout_s),
             job_stream_maxlen=self.settings.job_stream_maxlen,
             log_level=self.settings.log_level,
             log_json=self.settings.log_json,
@@ -182,7 +216,7 @@ class JobRunner:
             # The seed in use is logged by the trainer: a resumed run keeps its checkpoint's.
             log.info("training process started", devices=config.devices, attempt=attempt)
             try:
-                return await self._supervise(job_id, run, watch, lost)
+                return await self._supervise(job_id, run, watch, lease, lost)
             except asyncio.CancelledError:
                 # The worker is shutting down (arq cancels its jobs, and runs them again later).
                 await asyncio.shield(self._suspend(job_id, run))
@@ -216,10 +250,6 @@ class JobRunner:
                 event = decode_event(fields[b"data"])
             except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
                 continue  # an event of a newer schema: not ours to judge
-            status = status_of(event)
-            if status is not None and not tail.seen_status:
-                tail.seen_status = True
-                tail.finished = JobStatus(status) in TERMINAL
             if isinstance(event, BatchProgress) and event.points and tail.point == (0, 0):
                 tail.point = (event.points[-1].epoch, event.points[-1].batch)
             if isinstance(event, EpochCompleted) and tail.epochs == 0:
@@ -245,22 +275,23 @@ class JobRunner:
             log.info("job checkpointed and left to the queue", reason=reason)
 
     async def _supervise(  # noqa: C901 - the supervision loop; to be split (issue 18)
-        self, job_id: str, run: TrainingRun, watch: Watch, lost: asyncio.Event
+        self, job_id: str, run: TrainingRun, watch: Watch, lease: Lease, lost: asyncio.Event
     ) -> str:
         next_flag_check = time.monotonic() + FLAG_POLL_S
         while run.alive and not run.failed():
             if watch.stop_requested.is_set():
-                return await self._cancel(job_id, run, isinstance(watch.command, DeleteJob), watch)
+                return await self._cancel(job_id, run, watch)
             if watch.pause_requested.is_set() and run.hold.value == Preempt.NONE:
                 log.info("pause requested")
                 run.hold.value = Preempt.PAUSE
             if lost.is_set():
+                if lease.deleted:  # the delete command was missed; the lease tells
+                    return await self._cancel(job_id, run, watch)
                 raise LeaseLost(job_id)
             if time.monotonic() >= next_flag_check:
                 flag = await self._cancel_flag(job_id)
                 if flag is not None:
-                    delete = flag == DeleteJob.__struct_config__.tag
-                    return await self._cancel(job_id, run, delete, watch)
+                    return await self._cancel(job_id, run, watch)
                 if await self._client.exists(keys.pause_flag(job_id)):
                     watch.pause_requested.set()
                 next_flag_check = time.monotonic() + FLAG_POLL_S
@@ -286,25 +317,23 @@ class JobRunner:
         log.info("training process finished", exitcodes=codes)
         return "completed" if ok else "failed"
 
-    async def _cancel(self, job_id: str, run: TrainingRun, delete: bool, watch: Watch) -> str:
+    async def _cancel(self, job_id: str, run: TrainingRun, watch: Watch) -> str:
         started = time.monotonic()
         mine = run.claim()
         await run.stop_within(self.settings.cancel_grace_s)
         if not mine:
             # The trainer had already claimed the final event (completed or failed).
-            if delete:
-                self._remove_artifacts(job_id)
             return "finished before cancel"
         reason = getattr(watch.command, "reason", None)
-        await self._cancelled(job_id, delete, reason)
+        await self._cancelled(job_id, reason)
         log.info("training stopped", seconds=round(time.monotonic() - started, 3))
         return "cancelled"
 
-    async def _cancelled(self, job_id: str, delete: bool, reason: str | None) -> None:
-        if delete:
-            self._remove_artifacts(job_id)
-        text = reason or ("deleted by user" if delete else "cancelled by user")
-        await self._emit(JobCancelled(job_id=job_id, reason=text))
+    async def _cancelled(self, job_id: str, reason: str | None) -> None:
+        """Report the cancellation. The API that cancelled the job has emitted it already (the
+        final-state claim keeps this one out); this one is for a cancel the API could not
+        report. A deleted job emits nothing at all."""
+        await self._emit(JobCancelled(job_id=job_id, reason=reason or "cancelled by user"))
 
     def _remove_artifacts(self, job_id: str) -> None:
         path = self.settings.artifacts_dir / job_id
@@ -317,9 +346,6 @@ class StreamTail:
     """The newest state of a job's event stream, as a run starts."""
 
     def __init__(self) -> None:
-        self.finished = False
-        """The newest status-changing event is terminal (the recorder may not have caught up)."""
-        self.seen_status = False
         self.point: tuple[int, int] = (0, 0)
         """(epoch, batch) of the newest batch point emitted."""
         self.epochs = 0
