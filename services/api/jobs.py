@@ -18,6 +18,7 @@ from litestar.response import File
 from msgspec import Meta
 from redis.exceptions import RedisError
 
+from services.api import metrics as series_reads
 from services.api import store, views
 from services.api.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.api.resources import Resources
@@ -133,7 +134,7 @@ class JobsController(Controller):
         row = await _job_or_404(res, job_id)
         return {
             "job": views.job_detail(row),
-            "recent_metrics": await store.recent_epochs(res.db, job_id, 10),
+            "recent_metrics": await series_reads.recent_epochs(res.db, job_id, 10),
             "websocket_url": websocket_url(request, job_id),
         }
 
@@ -221,7 +222,7 @@ class JobsController(Controller):
         key = (job_id, row["last_event_id"], phase, limit, points, format)
         body = res.metrics_cache.get(key)
         if body is None:
-            body = await store.metrics_json(
+            body = await series_reads.metrics_json(
                 res.db, job_id, phase, limit, points, columns=format == "columns"
             )
             res.metrics_cache.put(key, body)
