@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aredis
 from support import wait_for
+from support.recorder import FAST, drained, recorder
 
-from services.recorder.app import run_recorder
 from services.recorder.settings import RecorderSettings
 from services.recorder.stream import EventStream
 from shared import keys
@@ -38,40 +36,10 @@ from shared.events import (
 from shared.jobs import insert_job
 from shared.settings import Settings
 
-FAST = RecorderSettings(
-    batch_size=50, block_ms=50, claim_idle_ms=200, claim_interval_s=0.2, trim_interval_s=0.2
-)
-
-
-@contextlib.asynccontextmanager
-async def recorder(settings: Settings, rs: RecorderSettings = FAST) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_recorder(settings, stop=stop, recorder_settings=rs))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=15)
-
 
 async def new_job(db: asyncpg.Connection, epochs: int = 4) -> str:
     row = await insert_job(db, "test", TrainingConfig(epochs=epochs))
     return str(row["id"])
-
-
-async def drained(redis_client: aredis.Redis) -> bool:
-    """Every entry of the events stream delivered and acked."""
-    try:
-        groups = await redis_client.xinfo_groups(keys.EVENTS_STREAM)
-    except Exception:
-        return False
-    length = await redis_client.xlen(keys.EVENTS_STREAM)
-    last = await redis_client.xrevrange(keys.EVENTS_STREAM, count=1)
-    if not groups:
-        return False
-    group = groups[0]
-    last_id = last[0][0] if last else b"0-0"
-    return bool(group["pending"] == 0 and (length == 0 or group["last-delivered-id"] == last_id))
 
 
 def points(epoch: int, first: int, last: int, ts: float) -> list[BatchPoint]:

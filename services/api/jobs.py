@@ -19,6 +19,7 @@ from msgspec import Meta
 from redis.exceptions import RedisError
 
 from services.api import inputs, store, views
+from services.api import metrics as series_reads
 from services.api.datasets import check_split
 from services.api.errors import Conflict, InvalidInput, NotFound, Unavailable
 from services.api.resources import Resources
@@ -152,7 +153,7 @@ class JobsController(Controller):
         job_id, row = await _job_or_404(res, job_id)
         return {
             "job": views.job_detail(await _now(res, row)),
-            "recent_metrics": await store.recent_epochs(res.db, job_id, 10),
+            "recent_metrics": await series_reads.recent_epochs(res.db, job_id, 10),
             "websocket_url": websocket_url(request, job_id),
         }
 
@@ -245,7 +246,7 @@ class JobsController(Controller):
         key = (job_id, row["last_event_id"], phase, limit, points, format)
         body = res.metrics_cache.get(key)
         if body is None:
-            body = await store.metrics_json(
+            body = await series_reads.metrics_json(
                 res.db, job_id, phase, limit, points, columns=format == "columns"
             )
             res.metrics_cache.put(key, body)

@@ -147,30 +147,20 @@ def api(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8001).")] = None,
     data_dir: DataDir = None,
+    processes: Annotated[
+        int, typer.Option(min=1, max=64, help="API processes sharing the port.")
+    ] = 1,
+    server: Annotated[str, typer.Option(help="uvicorn or granian.")] = "uvicorn",
 ) -> None:
     """The REST and WebSocket API alone."""
-    import uvicorn
-
-    from services.api.app import create_app
     from services.cli.embedded import embedded_stores
+    from services.cli.serve import Server, serve
 
+    if server not in {s.value for s in Server}:
+        raise typer.BadParameter("choose uvicorn or granian", param_hint="--server")
     settings = _settings(host=host, port=port, data_dir=data_dir)
     with embedded_stores(settings) as settings:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            # uvicorn's own logging config would give its loggers their own plain-text
-            # handlers; without it their records reach the root handler (JSON when asked).
-            log_config=None,
-            ws_max_size=64 * 1024,
-            # Status messages are ~500 bytes; per-message deflate costs more CPU than it saves
-            # and dominated fan-out time in bench/push_latency.py (p99 660 ms → 54 ms at 100
-            # clients).
-            ws_per_message_deflate=False,
-            backlog=4096,
-        )
+        serve(settings, processes, Server(server))
 
 
 @app.command()

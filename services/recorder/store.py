@@ -5,7 +5,8 @@ NOTHING RETURNING event_id; only events that this transaction inserted get their
 (one COPY straight into training_metrics) and count in the job projection. An event already in
 training_events was fully written by an earlier transaction — the same one that wrote its rows —
 so a redelivered batch writes nothing twice, and two recorders racing on the same entry are
-serialised by the primary key.
+serialised by the primary key. The same new rows are folded into the read-optimised series
+(`series.py`) in the same transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import structlog
 
 from shared.db import connect, migrate
 
+from . import series
 from .entries import METRIC_COLUMNS, Entry, MetricRow, metric_rows
 from .projection import UPDATE_SQL, fold
 from .settings import RecorderSettings
@@ -209,6 +211,7 @@ class Store:
                 await conn.copy_records_to_table(
                     "training_metrics", records=rows, columns=METRIC_COLUMNS
                 )
+                await series.record(conn, rows)
             deltas = fold(new)
             if deltas:
                 await conn.executemany(UPDATE_SQL, [d.params() for d in deltas])

@@ -115,3 +115,20 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 );
 -- The checksum of this file when it was applied: start-ups with the same file skip the DDL.
 ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum TEXT;
+
+-- The read-optimised form of every (job, phase) metric series, kept by the recorder in the
+-- same transaction as the training_metrics rows (see shared/metric_series.py): packed points
+-- sorted per chunk, and per-block rollups for downsampling. Points are uncompressed binary
+-- (EXTERNAL: compression gains nothing on doubles and costs on every read).
+CREATE TABLE IF NOT EXISTS metric_chunks (
+    training_job_id UUID NOT NULL REFERENCES training_jobs(id) ON DELETE CASCADE,
+    phase VARCHAR(20) NOT NULL,
+    epoch INTEGER NOT NULL,
+    part INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    points BYTEA NOT NULL,
+    blocks BYTEA NOT NULL,
+    PRIMARY KEY (training_job_id, phase, epoch, part)
+);
+ALTER TABLE metric_chunks ALTER COLUMN points SET STORAGE EXTERNAL;
+ALTER TABLE metric_chunks ALTER COLUMN blocks SET STORAGE EXTERNAL;
