@@ -259,7 +259,6 @@ def test_balanced_class_weighting_raises_minority_recall(tmp_path: Path) -> None
 def test_label_smoothing_is_the_loss_trained_on(
     recordings: list[Recording], tmp_path: Path
 ) -> None:
-    losses = {}
     for smoothing in (0.0, 0.3):
         run = prepare(make_spec(recordings, tmp_path / str(smoothing), label_smoothing=smoothing))
         fit_features(run, NeverStop())
@@ -274,9 +273,12 @@ def test_label_smoothing_is_the_loss_trained_on(
         expected = torch.nn.functional.cross_entropy(
             logits[0], labels[0], label_smoothing=smoothing
         )
-        assert first == pytest.approx(float(expected), rel=1e-5)
-        losses[smoothing] = first
-    assert losses[0.0] != pytest.approx(losses[0.3], rel=1e-3)
+        other = torch.nn.functional.cross_entropy(
+            logits[0], labels[0], label_smoothing=0.3 - smoothing
+        )
+        # At initialisation the logits are nearly uniform, so the two losses differ by ~1e-3
+        # only: the reported loss must be far closer to the configured one than to the other.
+        assert abs(first - float(expected)) * 20 < abs(first - float(other))
 
 
 def test_grad_clip_norm_bounds_the_step(recordings: list[Recording], tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def valkey_service(data_dir: Path, port: int) -> Child:
         ready=lambda: _redis_alive(url),
         ready_timeout_s=15.0,
         cwd=directory,
-        output=(directory / "valkey.log").open("ab"),
+        output=directory / "valkey.log",
     )
 
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 import psutil
 import structlog
@@ -84,20 +84,24 @@ class Child:
     ready_timeout_s: float = 60.0
     stop_signal: int = signal.SIGTERM
     cwd: Path | None = None
-    output: IO[bytes] | None = None
+    output: Path | None = None
+    """File the child's stdout and stderr are appended to (opened per start, and closed here
+    once the child holds its own descriptor)."""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _stopping: bool = field(default=False, repr=False)
 
     def start(self, *, wait_ready: bool = True) -> None:
         self._stopping = False
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=None if self.env is None else dict(self.env),
-            cwd=self.cwd,
-            stdout=self.output,
-            stderr=subprocess.STDOUT if self.output is not None else None,
-            start_new_session=True,
-        )
+        with contextlib.ExitStack() as files:
+            out = None if self.output is None else files.enter_context(self.output.open("ab"))
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=None if self.env is None else dict(self.env),
+                cwd=self.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                start_new_session=True,
+            )
         log.info("started", service=self.name, pid=self.proc.pid)
         if not wait_ready or self.ready is None:
             return

@@ -34,6 +34,7 @@ from services.worker.preempt import Preempt
 from services.worker.process import Payload, TrainingRun
 from services.worker.run import TrainSpec
 from shared import job_state, keys
+from shared.commands import DeleteJob
 from shared.deletion import is_deleted
 from shared.emit import AsyncEmitter
 from shared.events import (
@@ -106,13 +107,15 @@ class JobRunner:
                 return await self._run(job_id, attempt, watch)
             finally:
                 self._listener.unwatch(job_id)
-                await asyncio.shield(self._let_go(job_id))
+                told = isinstance(watch.command, DeleteJob)
+                await asyncio.shield(self._let_go(job_id, told=told))
 
-    async def _let_go(self, job_id: str) -> None:
-        """The job leaves this worker. A deleted one takes its files along, once its tracker
-        (which may still be flushing) has closed them."""
+    async def _let_go(self, job_id: str, *, told: bool = False) -> None:
+        """The job leaves this worker. A deleted one (marked so in Redis, or `told` by a
+        delete command) takes its files along, once its tracker (which may still be
+        flushing) has closed them."""
         try:
-            deleted = await is_deleted(self._client, job_id)
+            deleted = told or await is_deleted(self._client, job_id)
         except (RedisError, OSError) as exc:
             log.warning("cannot tell whether the job was deleted", error=str(exc))
             deleted = False
