@@ -270,8 +270,8 @@ async def test_compare_overlays_two_jobs(
     second = await create_job(http, "lr 5e-4", epochs=4)
     await train(emitter, first, range(1, 6), total=5, seed=1, complete=True)
     await train(emitter, second, range(1, 5), total=4, seed=2, complete=True)
-    for job_id in (first, second):
-        await until(partial(_completed, http, job_id), f"job {job_id} recorded")
+    for job_id, epochs in ((first, 5), (second, 4)):
+        await until(partial(_recorded, http, job_id, epochs), f"job {job_id} recorded")
     await page.goto(f"{stack}/#/jobs")
     for name in ("lr 3e-3", "lr 5e-4"):
         await page.check(f"[aria-label='select {name}']")
@@ -285,6 +285,13 @@ async def test_compare_overlays_two_jobs(
 
 async def _completed(http: httpx.AsyncClient, job_id: str) -> bool:
     return await status_of(http, job_id) == "completed"
+
+
+async def _recorded(http: httpx.AsyncClient, job_id: str, epochs: int) -> bool:
+    """Completed and every epoch's row in the database (the job's status comes from its live
+    state, which runs ahead of the recorder; the compare view reads the metrics once)."""
+    rows = (await http.get(f"{JOBS}/{job_id}/metrics?phase=epoch")).json()["metrics"]
+    return await _completed(http, job_id) and len(rows) == epochs
 
 
 async def test_token_is_asked_for_kept_and_sent(

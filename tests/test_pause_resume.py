@@ -70,7 +70,7 @@ async def test_pause_then_resume_equals_an_uninterrupted_run(
         return str(resp.json()["id"])
 
     plain = await create()
-    await wait_for(lambda: _done(client, plain), timeout=120, what="the uninterrupted job")
+    await wait_for(lambda: _done(client, plain), timeout=400, what="the uninterrupted job")
 
     job = await create()
     first_task = (await client.get(f"{JOBS}/{job}")).json()["job"]["celery_task_id"]
@@ -80,10 +80,10 @@ async def test_pause_then_resume_equals_an_uninterrupted_run(
             isinstance(e, BatchProgress) and e.epoch >= 2 for e in events_of(sync_redis, job)
         )
 
-    await wait_for(in_epoch_two, timeout=90, what="the second epoch")
+    await wait_for(in_epoch_two, timeout=300, what="the second epoch")
     resp = await client.post(f"{JOBS}/{job}/pause")
     assert resp.status_code == 200, resp.text
-    await wait_for(lambda: _is(client, job, "paused"), timeout=30, what="status paused")
+    await wait_for(lambda: _is(client, job, "paused"), timeout=60, what="status paused")
     paused = [e for e in events_of(sync_redis, job) if isinstance(e, JobPaused)]
     assert len(paused) == 1 and paused[0].checkpoint_path and paused[0].epoch >= 2
     assert (await client.post(f"{JOBS}/{job}/pause")).status_code == 409
@@ -93,7 +93,7 @@ async def test_pause_then_resume_equals_an_uninterrupted_run(
     assert resp.json()["job"]["status"] == "running"
     assert resp.json()["job"]["celery_task_id"] != first_task
     assert (await client.post(f"{JOBS}/{job}/resume")).status_code == 409
-    await wait_for(lambda: _done(client, job), timeout=120, what="the resumed job")
+    await wait_for(lambda: _done(client, job), timeout=400, what="the resumed job")
 
     assert await _epochs(client, job) == pytest.approx(await _epochs(client, plain), rel=1e-6)
     events = events_of(sync_redis, job)
