@@ -4,20 +4,24 @@
 job to, the columns it gives a value, the progress it reports and a best-epoch candidate.
 `apply(state, event, event_id)` folds those effects into a job's state with the rules of
 `shared.status` (statuses only move forward; a finished job never changes; every other field
-takes the value of the newest event that sets it).
+takes the value of the newest event that sets it). An event at or before the state's
+`last_event_id` — a redelivered or claimed batch written after a newer one — only raises the
+status a rank and fills values still empty, so the order in which a recorder commits batches
+cannot move a job backwards.
 
-Two consumers share it: the WebSocket push (a plain dict per watched job, see
-services/api/live_session.py) and the recorder's projection into `training_jobs`
-(services/recorder/projection.py folds `effects` per batch and its SQL merges them; a test
-replays random event sequences through both and compares). `shared/job_state.py` uses it for
-the state of a job before the recorder has caught up.
+Every consumer of job state folds with it: the WebSocket push (a plain dict per watched job,
+services/api/live_session.py), the recorder's projection into `training_jobs`
+(services/recorder/projection.py reads the rows, folds, writes them back; tests compare it
+with folding in memory) and `shared/job_state.py`, the state of a job before the recorder has
+caught up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from shared.events import (
@@ -33,9 +37,10 @@ from shared.events import (
     JobResumed,
     JobStarted,
     TrackingLinked,
+    parse_event_id,
     status_of,
 )
-from shared.status import TERMINAL, JobStatus, can_transition
+from shared.status import TERMINAL, JobStatus, can_transition, rank
 
 LiveStatus = dict[str, Any]
 """Keys as in `training_jobs` (`id`, `status`, `current_epoch`, ..., `last_event_id`), plus
@@ -174,9 +179,39 @@ def effects(event: Event) -> Effects:  # noqa: C901 - one case per event type
     return Effects(status_of(event), values, epochs_done, candidate)
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
 def naive_utc(ts: float) -> datetime:
-    """Seconds since the epoch as naive UTC, the form every TIMESTAMP column holds."""
-    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
+    """Seconds since the epoch as naive UTC, the form every TIMESTAMP column holds (raises
+    OverflowError or ValueError beyond datetime's range)."""
+    return _EPOCH + timedelta(seconds=ts)
+
+
+@lru_cache(maxsize=4096)
+def _id_key(event_id: str) -> tuple[int, int] | None:
+    # Cached: a live event is folded once per watching client.
+    try:
+        return parse_event_id(event_id)
+    except ValueError:
+        return None
+
+
+def is_late(event_id: str, last_event_id: str | None) -> bool:
+    """Whether an event is at or before the newest one a state reflects."""
+    if last_event_id is None:
+        return False
+    new, last = _id_key(event_id), _id_key(last_event_id)
+    return new is not None and last is not None and new <= last
+
+
+def _when(event: Event, event_id: str) -> datetime:
+    """The event's time; its id's milliseconds when its own clock is out of range."""
+    try:
+        return naive_utc(event.ts)
+    except (OverflowError, ValueError):
+        key = _id_key(event_id)
+        return naive_utc(key[0] / 1000 if key else 0.0)
 
 
 def progress_percent(epochs_done: float, total_epochs: int | None) -> float | None:
@@ -233,27 +268,47 @@ def blank(state: Mapping[str, Any]) -> LiveStatus:
 def apply(state: Mapping[str, Any], event: Event, event_id: str) -> LiveStatus:
     """The state after `event` (pure: `state` is not modified).
 
-    A finished job is returned unchanged; anything else records `event_id` as the newest event
-    the state reflects.
+    A finished job is returned unchanged. An event newer than the state's `last_event_id`
+    becomes it and sets what it sets; a late one (see the module's docstring) only moves the
+    status up a rank and fills empty values.
     """
     if is_terminal(state):
         return dict(state)
     fx = effects(event)
     out = dict(state)
-    out["last_event_id"] = event_id
-    if fx.status is not None and can_transition(out["status"], fx.status):
-        out["status"] = fx.status
-        if fx.status == JobStatus.RUNNING:
-            out["started"] = True
-            out["started_at"] = out.get("started_at") or naive_utc(event.ts)
-        if JobStatus(fx.status) in TERMINAL:
-            out["completed_at"] = naive_utc(event.ts)
-    out.update(fx.values)
-    if fx.epochs_done is not None:
-        percent = progress_percent(fx.epochs_done, out.get("total_epochs"))
-        if percent is not None:
-            out["progress_percent"] = percent
+    late = is_late(event_id, out.get("last_event_id"))
+    if not late:
+        out["last_event_id"] = event_id
+    if fx.status is not None:
+        _move(out, fx.status, late, _when(event, event_id))
+    if late:
+        out.update((k, v) for k, v in fx.values.items() if out.get(k) is None)
+    else:
+        out.update(fx.values)
+        if fx.epochs_done is not None:
+            percent = progress_percent(fx.epochs_done, out.get("total_epochs"))
+            if percent is not None:
+                out["progress_percent"] = percent
     best = out.get("best_val_loss")
     if fx.best_candidate is not None and (best is None or fx.best_candidate[1] < best):
         out["best_epoch"], out["best_val_loss"] = fx.best_candidate
     return out
+
+
+def _move(out: LiveStatus, status: str, late: bool, at: datetime) -> None:
+    """Apply an event's status to `out` (in place) by `shared.status` rules; between statuses
+    of one rank (running and paused) only a newer event decides."""
+    if status == JobStatus.RUNNING:
+        # The first start, whatever order starts arrive in.
+        started = out.get("started_at")
+        out["started_at"] = at if started is None else min(started, at)
+    current = out["status"]
+    if not can_transition(current, status):
+        return
+    if late and rank(status) <= rank(current):
+        return
+    out["status"] = status
+    if status == JobStatus.RUNNING:
+        out["started"] = True
+    if JobStatus(status) in TERMINAL:
+        out["completed_at"] = at

@@ -48,7 +48,6 @@ def can_transition(current: JobStatus | str, new: JobStatus | str) -> bool:
     return _RANK[new] >= _RANK[current]
 
 
-def sql_rank_case(column: str = "status") -> str:
-    """The rank as a SQL CASE expression, so the database enforces the same rule in one UPDATE."""
-    whens = " ".join(f"WHEN '{s.value}' THEN {r}" for s, r in _RANK.items())
-    return f"(CASE {column} {whens} ELSE -1 END)"
+def rank(status: JobStatus | str) -> int:
+    """How far along a status is: pending 0, queued 1, running and paused 2, terminal 3."""
+    return _RANK[JobStatus(status)]

@@ -36,7 +36,7 @@ from services.api.live_session import (
 )
 from services.api.observability import ACTIVE_WEBSOCKETS
 from services.api.resources import Resources
-from shared import keys, live_state
+from shared import job_state, keys, live_state
 from shared.events import parse_event_id
 from shared.ids import InvalidJobId, canonical_job_id
 from shared.jobs import fetch_job
@@ -117,7 +117,8 @@ async def _serve_training(socket: Socket, raw_id: str) -> None:  # noqa: C901 - 
             row = await _job_row(socket, sender, job_id)
             if row is None:
                 return
-            snapshot = live_state.from_row(row)
+            # The job as it stands now: the row with what the recorder has not written yet.
+            snapshot = await job_state.catch_up(res.redis, live_state.from_row(row), job_id)
             feed = Feed(snapshot, sender)
             last = snapshot["last_event_id"]
             if after_key is not None:

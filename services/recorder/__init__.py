@@ -4,7 +4,7 @@
 - `stream.py`: the consumer group: XREADGROUP, XAUTOCLAIM, XACK, safe XTRIM MINID.
 - `entries.py`: stream entries parsed into events and rows (metric ids are uuid5s).
 - `store.py`: one transaction per batch, set-based and idempotent; waits out outages.
-- `projection.py`: the forward-only job projection (status, progress, latest metrics).
+- `projection.py`: `training_jobs` as the one reducer (`shared.live_state`) folds the events.
 - `timescale.py`: compression/retention policies on TimescaleDB.
 - `settings.py`: the recorder's own settings (`HEIMDALL_RECORDER_*`, `HEIMDALL_METRICS_*`).
 

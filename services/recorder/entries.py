@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -20,6 +20,7 @@ import structlog
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from shared.events import AnyEvent, BatchProgress, EpochCompleted, decode_event, parse_event_id
+from shared.live_state import naive_utc
 
 log = structlog.get_logger(__name__)
 
@@ -44,13 +45,6 @@ METRIC_COLUMNS = (
 """Column order of the tuples `metric_rows` returns, as passed to COPY."""
 
 MetricRow = tuple[Any, ...]
-
-_EPOCH = datetime(1970, 1, 1)
-
-
-def naive_utc(ts: float) -> datetime:
-    """Seconds since the epoch → the naive UTC datetime every TIMESTAMP column holds."""
-    return _EPOCH + timedelta(seconds=ts)
 
 
 @dataclass(slots=True)
@@ -195,7 +189,7 @@ def metric_rows(entry: Entry) -> list[MetricRow]:
             ids = point_ids(entry.event_id, len(points))
             return [
                 (
-                    _EPOCH + timedelta(seconds=p.ts),
+                    naive_utc(p.ts),
                     ids[i],
                     job,
                     p.epoch,

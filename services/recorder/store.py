@@ -6,7 +6,8 @@ NOTHING RETURNING event_id; only events that this transaction inserted get their
 training_events was fully written by an earlier transaction — the same one that wrote its rows —
 so a redelivered batch writes nothing twice, and two recorders racing on the same entry are
 serialised by the primary key. The same new rows are folded into the read-optimised series
-(`series.py`) in the same transaction.
+(`series.py`), and the new events into their jobs' rows (`projection.py`), in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from shared.db import connect, migrate
 
 from . import series
 from .entries import METRIC_COLUMNS, Entry, MetricRow, metric_rows
-from .projection import UPDATE_SQL, fold
+from .projection import project
 from .settings import RecorderSettings
 
 log = structlog.get_logger(__name__)
@@ -212,10 +213,8 @@ class Store:
                     "training_metrics", records=rows, columns=METRIC_COLUMNS
                 )
                 await series.record(conn, rows)
-            deltas = fold(new)
-            if deltas:
-                await conn.executemany(UPDATE_SQL, [d.params() for d in deltas])
-        result.events, result.metrics, result.jobs = len(new), len(rows), len(deltas)
+            jobs = await project(conn, new)
+        result.events, result.metrics, result.jobs = len(new), len(rows), jobs
         return result
 
     async def write_batch(self, batch: Prepared, stop: asyncio.Event) -> WriteResult | None:
