@@ -12,6 +12,10 @@ drift on a shared machine hits both alike. Usage:
     .venv/bin/python bench/train_overhead.py                      # CPU, convnext_atto
     .venv/bin/python bench/train_overhead.py --device cuda --amp --channels-last \\
         --model convnext_tiny --samples 4096 --batch-size 64
+    .venv/bin/python bench/train_overhead.py --options --max-jobs 2   # threads, bf16
+
+`--options` measures instead training samples/s with the worker's thread setting against
+torch's default and with bf16 autocast on and off, side by side (see `_train_options.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from _train_options import compare
 from torch import nn
 
 from services.worker.loop import run_epoch
@@ -145,6 +150,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--progress-interval", type=float, default=0.25)
     parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--options", action="store_true", help="threads and bf16 side by side")
+    parser.add_argument("--max-jobs", type=int, default=1, help="--options: HEIMDALL_MAX_JOBS")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,6 +187,11 @@ def main() -> None:
         )
         amp = args.amp and args.device == "cuda"
         cl = args.channels_last and args.device == "cuda"
+        if args.options:
+            run = prepare(spec)
+            fit_features(run, NeverStop())
+            print_rows(machine_rows(run, args) + compare(run, args.epochs, args.max_jobs))
+            return
         reference, heimdall = prepare(spec), prepare(spec)
         fit_features(reference, NeverStop())
         fit_features(heimdall, NeverStop())
@@ -201,15 +213,12 @@ def main() -> None:
                     bare.append(bare_time)
                     full.append(time.perf_counter() - started)
     run = heimdall
-    train_n, val_n = len(run.split.train), len(run.split.val)
+    train_n = len(run.split.train)
     bare_med, full_med = statistics.median(bare), statistics.median(full)
     overhead = (full_med - bare_med) / bare_med * 100
     rows = [
-        ("machine", f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"),
-        ("device", f"{run.device}" + (f" ({torch.cuda.get_device_name()})" if amp else "")),
+        *machine_rows(run, args),
         ("threads", str(torch.get_num_threads())),
-        ("model", f"{args.model}, batch {args.batch_size}, input 1x64x{run.params.frames}"),
-        ("data", f"{train_n} train + {val_n} val recordings of {args.duration} s"),
         ("events", f"{sink_name}; {sink.count} events, progress every {args.progress_interval} s"),
         ("bare epoch (median)", f"{bare_med:.3f} s  (n={len(bare)})"),
         (
@@ -220,6 +229,21 @@ def main() -> None:
         ("samples/s bare", f"{train_n / bare_med:.1f} (train samples / epoch time)"),
         ("samples/s heimdall", f"{train_n / full_med:.1f}"),
     ]
+    print_rows(rows)
+
+
+def machine_rows(run: Run, args: argparse.Namespace) -> list[tuple[str, str]]:
+    gpu = f" ({torch.cuda.get_device_name()})" if run.device.type == "cuda" else ""
+    train_n, val_n = len(run.split.train), len(run.split.val)
+    return [
+        ("machine", f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"),
+        ("device", f"{run.device}{gpu}"),
+        ("model", f"{args.model}, batch {args.batch_size}, input 1x64x{run.params.frames}"),
+        ("data", f"{train_n} train + {val_n} val recordings of {args.duration} s"),
+    ]
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     print("| " + "what".ljust(width) + " | value |")
     print("|" + "-" * (width + 2) + "|-------|")

@@ -24,6 +24,8 @@ from shared.signals import SignalFileError, content_digest, is_signal_file, veri
 MANIFEST = "manifest.csv"
 MAX_LABEL = 100
 """The labels column's width."""
+MAX_PATH = 1024
+"""The paths column's width: a recording is stored by its absolute path."""
 
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
@@ -127,6 +129,9 @@ def _candidates(root: Path, bad: list[BadFile]) -> list[Path]:
 
 def _recording(dataset: str, root: Path, path: Path, meta: ManifestRow | None) -> Recording:
     rel = str(path.relative_to(root))
+    stored = str(path.resolve())
+    if len(stored) > MAX_PATH:
+        raise SignalFileError(f"its absolute path is longer than {MAX_PATH} characters")
     info = verify_signal(path)
     label = (meta.label if meta else None) or path.parent.name
     if len(label) > MAX_LABEL or "\0" in label:
@@ -137,7 +142,7 @@ def _recording(dataset: str, root: Path, path: Path, meta: ManifestRow | None) -
     approved = meta.approved if meta and meta.approved is not None else True
     return Recording(
         id=recording_id(dataset, rel, content_digest(path)),
-        path=str(path.resolve()),
+        path=stored,
         label=label,
         snr_db=snr,
         approved=approved,

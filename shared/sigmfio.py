@@ -67,10 +67,10 @@ def _dtype(datatype: Any) -> tuple[np.dtype[Any], bool]:
 def _snr(meta: dict[str, Any]) -> float | None:
     """An SNR in dB from any `<namespace>:snr_db` or `<namespace>:snr` key, globally or on the
     first annotation that has one (SigMF core has no SNR field)."""
-    sources = [meta.get("global", {}), *(meta.get("annotations") or [])]
-    for source in sources:
-        if not isinstance(source, dict):
-            continue
+    annotations = meta.get("annotations") or []
+    if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
+        raise SignalFileError("'annotations' is not a list of objects")
+    for source in [meta["global"], *annotations]:
         for key, value in source.items():
             if key.endswith((":snr_db", ":snr")):
                 if isinstance(value, bool) or not isinstance(value, int | float):
@@ -131,7 +131,8 @@ def read_meta(meta_path: Path) -> SigmfMeta:
     channels = glob.get("core:num_channels", 1)
     if channels != 1:
         raise SignalFileError(f"core:num_channels {channels!r}; only one channel is supported")
-    header = _header_bytes(meta.get("captures") or [{}])
+    captures = meta.get("captures")
+    header = _header_bytes([] if captures is None else captures)
     data = _data_path(meta_path, glob)
     return SigmfMeta(data, dtype, is_complex, int(rate), header, _snr(meta))
 

@@ -42,11 +42,16 @@ class SignalInfo:
         return self.channels == 2
 
 
+def _hz(rate: int) -> str:
+    """A rate as written, unless a header's float made it hundreds of digits long."""
+    return str(rate) if abs(rate) < 10**20 else f"{rate:.3g}"
+
+
 def check_info(info: SignalInfo) -> None:
     """Raise SignalFileError unless the file is mono or IQ, has a frame and a sane rate."""
     if not MIN_SAMPLE_RATE <= info.sample_rate <= MAX_SAMPLE_RATE:
         raise SignalFileError(
-            f"sample rate {info.sample_rate} Hz is outside {MIN_SAMPLE_RATE} Hz"
+            f"sample rate {_hz(info.sample_rate)} Hz is outside {MIN_SAMPLE_RATE} Hz"
             f" to {MAX_SAMPLE_RATE // 1_000_000} MHz"
         )
     if not 1 <= info.channels <= MAX_CHANNELS:

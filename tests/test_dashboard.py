@@ -11,6 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from services.api.app import create_app
 from services.api.dashboard import STATIC_DIR
+from shared.config import TrainingConfig
 from shared.settings import Settings
 
 PACKAGE_DATA = ("*.html", "*.js", "*.css", "LICENSE*")
@@ -73,3 +74,13 @@ def test_package_data_ships_every_file() -> None:
     for path in files:
         assert any(path.match(pattern) for pattern in PACKAGE_DATA), path
     assert (STATIC_DIR / "vendor" / "LICENSE.uPlot").read_text().startswith("The MIT License")
+
+
+def test_every_config_field_has_its_place_in_the_form() -> None:
+    """The form is built from the schema, so an unknown field still shows, under "Other";
+    each field should sit in its group, once."""
+    source = (STATIC_DIR / "js" / "views" / "new-job.js").read_text()
+    groups = source.split("const GROUPS = [", 1)[1].split("\n];", 1)[0]
+    placed = re.findall(r'"([a-z0-9_]+)"', groups)
+    assert len(placed) == len(set(placed)), "a field in two groups"
+    assert set(placed) == set(TrainingConfig.__struct_fields__)

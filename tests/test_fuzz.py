@@ -1,6 +1,7 @@
 """Schemathesis against the live API's own OpenAPI schema: no generated request gets a 500; and
 the hostile requests it does not generate (deep JSON, overflowing numbers and ids, foreign
-content types, uploaded files, WebSocket junk), each with the answer it must get."""
+content types, uploaded files, WebSocket junk), each with the answer it must get; and recording
+files whose headers lie, each refused by `heimdall data import` with its reason."""
 
 from __future__ import annotations
 
@@ -11,19 +12,24 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import asyncpg
 import httpx
+import numpy as np
 import pytest
+import soundfile as sf
 import websockets
-from support.cli import heimdall, service_env
+from support.cli import heimdall, run_heimdall, service_env
+from support.recordings import complex_tone, raw_wav
 
 from shared.db import connect, migrate
+from shared.importer import scan_import_dir
 from shared.net import free_port
 from shared.settings import Settings
+from shared.sigmfio import write_sigmf
 
 
 async def _fresh_database(admin_url: str) -> str:
@@ -243,3 +249,137 @@ async def _next_of(ws: Any, event: str) -> dict[str, Any]:
         message = json.loads(await asyncio.wait_for(ws.recv(), 10))
         if message.get("event") == event:
             return message  # type: ignore[no-any-return]
+
+
+# Files whose headers lie, or that say something an import must refuse: each is written by the
+# probe, scanned beside one good file, and must be named with the words of its reason while the
+# good file still imports; then all of them at once through `heimdall data import`.
+RATE = 8000
+
+
+def _patch(path: Path, chunk: bytes, offset: int, value: bytes) -> None:
+    """Overwrite bytes `offset` bytes after the first `chunk` id of a file raw_wav wrote."""
+    data = bytearray(path.read_bytes())
+    at = data.index(chunk) + offset
+    data[at : at + len(value)] = value
+    path.write_bytes(bytes(data))
+
+
+def _wav_lie(chunk: bytes, offset: int, value: bytes) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        raw_wav(path, frames=10)
+        _patch(path, chunk, offset, value)
+
+    return write
+
+
+def _floats(*values: float) -> Callable[[Path], None]:
+    return lambda path: sf.write(str(path), np.array(values, np.float32), RATE, subtype="FLOAT")
+
+
+def _sigmf(top: dict[str, Any] | None = None, **glob: Any) -> Callable[[Path], None]:
+    """A good cf32_le pair whose metadata then gets `top`-level keys and `core:` keys."""
+
+    def write(path: Path) -> None:
+        write_sigmf(path, complex_tone(0, RATE, 20, np.random.default_rng(0)), RATE)
+        meta = json.loads(path.read_text())
+        meta["global"].update({f"core:{k}": v for k, v in glob.items()})
+        meta.update(top or {})
+        path.write_text(json.dumps(meta))
+
+    return write
+
+
+class FileProbe(NamedTuple):
+    name: str
+    """The file's name in the class folder (`.wav` or `.sigmf-meta`)."""
+    write: Callable[[Path], object]
+    words: str
+    """Words its reason must hold."""
+
+
+FILE_PROBES = [
+    # WAV headers
+    FileProbe("zero_channels.wav", lambda p: raw_wav(p, channels=0), "0 channels"),
+    FileProbe("channels_65535.wav", lambda p: raw_wav(p, channels=65535), "65535 channels"),
+    FileProbe("rate_2e32.wav", lambda p: raw_wav(p, rate=2**32 - 1), "4294967295 Hz is outside"),
+    FileProbe("rate_zero.wav", lambda p: raw_wav(p, rate=0), "sample rate 0 Hz"),
+    FileProbe("data_cut.wav", lambda p: raw_wav(p, frames=100, cut=51), "truncated"),
+    FileProbe("data_claims_4gib.wav", _wav_lie(b"data", 4, b"\xf0\xff\xff\xff"), "truncated"),
+    FileProbe("fmt_claims_4gib.wav", _wav_lie(b"fmt ", 4, b"\xf0\xff\xff\xff"), "fmt"),
+    FileProbe("bits_zero.wav", _wav_lie(b"fmt ", 22, b"\0\0"), "not a readable WAV"),
+    FileProbe("no_data_chunk.wav", lambda p: p.write_bytes(b"RIFF\4\0\0\0WAVE"), "data"),
+    FileProbe(
+        "junk_chunks.wav",
+        lambda p: p.write_bytes(b"RIFF\x04\x71\x02\0WAVE" + b"junk\0\0\0\0" * 20_000),
+        "not a readable WAV",
+    ),
+    FileProbe("empty.wav", lambda p: p.write_bytes(b""), "not a readable WAV"),
+    FileProbe("nan.wav", _floats(0.1, float("nan"), 0.2), "non-finite"),
+    FileProbe("inf.wav", _floats(0.1, float("inf")), "non-finite"),
+    # SigMF metadata
+    FileProbe("rate_1e300.sigmf-meta", _sigmf(sample_rate=1e300), "1e+300 Hz is outside"),
+    FileProbe("rate_negative.sigmf-meta", _sigmf(sample_rate=-8000), "-8000 Hz is outside"),
+    FileProbe("rate_text.sigmf-meta", _sigmf(sample_rate="8000"), "is not a number"),
+    FileProbe("rate_fraction.sigmf-meta", _sigmf(sample_rate=8000.5), "whole number"),
+    FileProbe("two_channels.sigmf-meta", _sigmf(num_channels=2), "num_channels 2"),
+    FileProbe("data_elsewhere.sigmf-meta", _sigmf(dataset="../x.sigmf-data"), "beside the meta"),
+    FileProbe("annotations_int.sigmf-meta", _sigmf({"annotations": 5}), "'annotations'"),
+    FileProbe("annotations_text.sigmf-meta", _sigmf({"annotations": "x"}), "'annotations'"),
+    FileProbe("captures_object.sigmf-meta", _sigmf({"captures": {}}), "'captures'"),
+    FileProbe(
+        "header_1e30.sigmf-meta",
+        _sigmf({"captures": [{"core:header_bytes": 10**30}]}),
+        "shorter than its",
+    ),
+    FileProbe("snr_text.sigmf-meta", _sigmf({"annotations": [{"x:snr_db": "loud"}]}), "snr_db"),
+    FileProbe("global_list.sigmf-meta", _sigmf({"global": []}), "no 'global' object"),
+    FileProbe("deep.sigmf-meta", lambda p: p.write_text("[" * 100_000), "not readable JSON"),
+    FileProbe("not_utf8.sigmf-meta", lambda p: p.write_bytes(b"\xff\xfe\0"), "not readable"),
+    FileProbe(
+        "no_data_file.sigmf-meta",
+        lambda p: p.write_text('{"global": {"core:datatype": "cf32_le", "core:sample_rate": 8}}'),
+        "is missing",
+    ),
+]
+
+
+def _write_probe(root: Path, probe: FileProbe) -> str:
+    path = root / "bad" / probe.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probe.write(path)
+    return f"bad/{probe.name}"
+
+
+def _good(root: Path) -> None:
+    raw_wav(root / "ok" / "good.wav", frames=400)
+
+
+@pytest.mark.parametrize("probe", FILE_PROBES, ids=[p.name for p in FILE_PROBES])
+def test_hostile_recording_file(tmp_path: Path, probe: FileProbe) -> None:
+    _good(tmp_path)
+    name = _write_probe(tmp_path, probe)
+    scan = scan_import_dir(tmp_path, "hostile")
+    reasons = {bad.name: bad.reason for bad in scan.bad}
+    assert list(reasons) == [name], reasons
+    assert probe.words in reasons[name], reasons[name]
+    assert [Path(r.path).name for r in scan.recordings] == ["good.wav"]
+
+
+async def test_hostile_files_through_data_import(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Every probe at once, as a user runs the import: each file named, no traceback, nothing
+    written; `--skip-bad` imports the good file alone."""
+    _good(tmp_path)
+    names = [_write_probe(tmp_path, probe) for probe in FILE_PROBES]
+    done = run_heimdall(settings, "data", "import", str(tmp_path), "--dataset", "hostile")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    for name in names:
+        assert f"{name}: " in done.stderr, (name, done.stderr[-3000:])
+    assert await db.fetchval("SELECT count(*) FROM recordings") == 0
+    done = run_heimdall(
+        settings, "data", "import", str(tmp_path), "--dataset", "hostile", "--skip-bad"
+    )
+    assert done.returncode == 0 and "imported 1 recordings" in done.stdout, done.stderr[-3000:]
+    assert await db.fetchval("SELECT count(*) FROM recordings") == 1

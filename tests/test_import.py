@@ -111,7 +111,7 @@ def _bad_folder(root: Path) -> dict[str, str]:
         "ok/rate0.wav": "sample rate 0 Hz is outside",
         "ok/rate_max.wav": "sample rate 4294967295 Hz is outside",
         "ok/rate_big.wav": "sample rate 200000000 Hz is outside 1 Hz to 100 MHz",
-        "ok/truncated.wav": "",
+        "ok/truncated.wav": "truncated: the data chunk is 51 bytes short",
         "ok/empty.wav": "0 frames",
         "ok/five.wav": "5 channels",
         "ok/many.wav": "65535 channels",
@@ -156,3 +156,15 @@ def test_dataset_files_never_leave_the_datasets_dir(tmp_path: Path) -> None:
         dataset_dir(root, "link")
     with pytest.raises(ValueError, match="outside"):
         inside(root / "ok", root / "ok" / ".." / ".." / "x.wav")
+
+
+def test_a_path_longer_than_its_column_is_named(tmp_path: Path) -> None:
+    """Recordings are stored by absolute path (1024 characters); a deeper one is a bad file,
+    not a database error in the middle of the write. (SigMF: libsndfile itself refuses such
+    WAV paths.)"""
+    root = tmp_path.joinpath(*["d" * 200] * 5)
+    write_sigmf(root / "ok" / "deep.sigmf-meta", np.zeros(100), RATE, "rf32_le")
+    scan = scan_import_dir(root, "deep")
+    assert [str(b) for b in scan.bad] == [
+        "ok/deep.sigmf-meta: its absolute path is longer than 1024 characters"
+    ]

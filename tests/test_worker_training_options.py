@@ -46,6 +46,12 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> list[Recording]:
     return synthetic_recordings(tmp_path_factory.mktemp("recordings"), 42)
 
 
+@pytest.fixture(scope="module")
+def iq_recordings(tmp_path_factory: pytest.TempPathFactory) -> list[Recording]:
+    """The same split sizes, recorded as IQ (where a frequency shift applies)."""
+    return synthetic_recordings(tmp_path_factory.mktemp("iq"), 42, iq=True)
+
+
 def make_spec(recordings: list[Recording], out_dir: Path, **overrides: Any) -> TrainSpec:
     config = TrainingConfig(**{**BASE, **overrides})
     config.check()
@@ -105,13 +111,18 @@ def inputs_of(run: Run) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         {"aug_noise_snr_db_min": 0.0, "aug_noise_snr_db_max": 10.0},
         {"aug_time_masks": 2, "aug_time_mask_width": 0.3},
         {"aug_freq_masks": 2, "aug_freq_mask_width": 0.3},
+        {"aug_freq_shift_hz": 1000.0},
     ],
 )
 def test_augmentation_changes_training_batches_only(
-    recordings: list[Recording], tmp_path: Path, augmentation: dict[str, Any]
+    recordings: list[Recording],
+    iq_recordings: list[Recording],
+    tmp_path: Path,
+    augmentation: dict[str, Any],
 ) -> None:
-    plain_train, plain_val = inputs_of(prepare(make_spec(recordings, tmp_path / "a")))
-    aug_train, aug_val = inputs_of(prepare(make_spec(recordings, tmp_path / "b", **augmentation)))
+    data = iq_recordings if "aug_freq_shift_hz" in augmentation else recordings
+    plain_train, plain_val = inputs_of(prepare(make_spec(data, tmp_path / "a")))
+    aug_train, aug_val = inputs_of(prepare(make_spec(data, tmp_path / "b", **augmentation)))
     assert len(aug_train) == len(plain_train) == 3
     assert all(not torch.equal(a, p) for a, p in zip(aug_train, plain_train, strict=True))
     assert len(aug_val) == len(plain_val) == 1

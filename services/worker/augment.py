@@ -118,7 +118,8 @@ def mask(x: torch.Tensor, dim: int, count: int, width: float, size: int) -> torc
     at a random start within the first `size` positions, set to 0 (one draw per example)."""
     batch, n = x.shape[0], x.shape[dim]
     size = max(1, min(size, n))
-    widths = (torch.rand(batch, count, device=x.device) * (width * size + 1)).floor()
+    widest = math.floor(width * size)  # never wider than the share asked for
+    widths = (torch.rand(batch, count, device=x.device) * (widest + 1)).floor()
     starts = (torch.rand(batch, count, device=x.device) * (size - widths + 1)).floor()
     pos = torch.arange(n, device=x.device, dtype=widths.dtype)
     hit = (pos >= starts[..., None]) & (pos < (starts + widths)[..., None])  # (B, count, n)

@@ -64,19 +64,29 @@ async def wait_for(
 
 
 def synthetic_recordings(
-    root: Path, count: int, *, seed: int = 5, labels: dict[str, str] | None = None
+    root: Path,
+    count: int,
+    *,
+    seed: int = 5,
+    labels: dict[str, str] | None = None,
+    iq: bool = False,
 ) -> list[Recording]:
     """`count` synthetic recordings of 0.25 s at 8 kHz as WAV files, without a database.
-    `labels`: only these synthetic classes, each written under its new label."""
+    `labels`: only these synthetic classes, each written under its new label. The files hold
+    I and Q; `iq=False` records them as real (one channel: a job reads the I channel alone),
+    `iq=True` as IQ."""
     classes = tuple(labels) if labels else CLASSES
     out = []
     for rec in synth_dataset(count, seed=seed, duration_s=0.25, classes=classes):
         label = labels[rec.label] if labels else rec.label
         rid = str(uuid.uuid4())
         path = root / label / f"{rid}.wav"
-        write_wav(path, rec.samples, rec.sample_rate)
+        write_wav(path, rec.samples, rec.sample_rate, subtype="FLOAT" if iq else "PCM_16")
+        channels = 2 if iq else 1
         out.append(
-            Recording(rid, str(path), label, rec.snr_db, rec.approved, rec.sample_rate, 0.25, 1)
+            Recording(
+                rid, str(path), label, rec.snr_db, rec.approved, rec.sample_rate, 0.25, channels
+            )
         )
     return out
 

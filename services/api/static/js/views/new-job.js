@@ -11,7 +11,7 @@ const GROUPS = [
     "Data",
     ["dataset", "batch_size", "num_workers", "validation_split", "min_snr_db", "only_approved"],
   ],
-  ["Features", ["n_mels", "n_fft", "hop_length"]],
+  ["Features", ["n_mels", "n_fft", "hop_length", "sample_rate", "num_samples"]],
   [
     "Training",
     [
@@ -61,6 +61,8 @@ const HINTS = {
   aug_time_mask_width: "share of the frames",
   aug_freq_mask_width: "share of the bands",
   precision: "auto: fp16 on GPUs, fp32 on CPUs; bf16 where native",
+  sample_rate: "empty: the dataset's most common rate; recordings are resampled to it",
+  num_samples: "empty: the longest recording's (capped); shorter ones are padded",
 };
 
 /** The schema of one property with `oneOf: [T, null]` folded into T plus `nullable`. */
