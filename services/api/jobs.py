@@ -98,6 +98,15 @@ async def _now(res: Resources, row: Any, *, strict: bool = False) -> dict[str, A
     return await job_state.current(res.redis, row, strict=strict)
 
 
+async def _unqueue(res: Resources, task_id: str | None) -> bool:
+    """Take the task off the queue unless a worker has taken it; True when it was waiting."""
+    if not task_id:
+        return False
+    unqueue = res.redis.register_script(UNQUEUE)
+    in_progress = f"{IN_PROGRESS_PREFIX}{task_id}"
+    return bool(await unqueue(keys=[keys.ARQ_QUEUE, in_progress], args=[task_id]))
+
+
 async def _detail(res: Resources, now: Any) -> dict[str, Any]:
     """The job's detail, with its place in the queue while it waits there."""
     detail = views.job_detail(now)
@@ -196,7 +205,8 @@ class JobsController(Controller):
     @delete("/{job_id:str}", status_code=204, summary="Cancel if active, then delete every trace")
     async def delete_job(self, job_id: FromPath[str], state: State) -> None:
         res = _res(state)
-        job_id, _ = await _job_or_404(res, job_id)
+        job_id, row = await _job_or_404(res, job_id)
+        await _unqueue(res, row["celery_task_id"])
         # The command stops a worker training the job (it removes what it wrote once it has
         # stopped); `forget` marks the job deleted and removes every key naming it, and no
         # later write can bring one back. Then the rows and files.
@@ -223,6 +233,8 @@ class JobsController(Controller):
         if not claim.won:
             raise Conflict(f"job {job_id} is already {claim.final}; nothing to cancel")
         await send_command(res.redis, CancelJob(job_id=job_id))
+        # A task no worker has taken leaves the queue now, so that it holds no place there.
+        await _unqueue(res, now["celery_task_id"])
         log.info("job cancelled", job_id=job_id)
         return {"job": views.job_detail(await _now(res, row))}
 
@@ -238,11 +250,7 @@ class JobsController(Controller):
         # The command's flag makes any worker that picks the job up later pause it at once; the
         # command reaches the worker training it, which checkpoints and emits JobPaused.
         await send_command(res.redis, PauseJob(job_id=job_id))
-        task_id = now["celery_task_id"]
-        unqueue = res.redis.register_script(UNQUEUE)
-        waiting = await unqueue(
-            keys=[keys.ARQ_QUEUE, f"{IN_PROGRESS_PREFIX}{task_id}"], args=[task_id]
-        )
+        waiting = await _unqueue(res, now["celery_task_id"])
         if waiting:
             # No worker has it: nothing to checkpoint, it is paused now.
             await res.emitter.emit(JobPaused(job_id=job_id))

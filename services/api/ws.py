@@ -35,8 +35,9 @@ from services.api.live_session import (
     supervise,
 )
 from services.api.observability import ACTIVE_WEBSOCKETS
+from services.api.queue import queue_fields
 from services.api.resources import Resources
-from shared import keys, live_state
+from shared import job_state, keys, live_state
 from shared.events import parse_event_id
 from shared.ids import InvalidJobId, canonical_job_id
 from shared.jobs import fetch_job
@@ -117,8 +118,13 @@ async def _serve_training(socket: Socket, raw_id: str) -> None:  # noqa: C901 - 
             row = await _job_row(socket, sender, job_id)
             if row is None:
                 return
-            snapshot = live_state.from_row(row)
-            feed = Feed(snapshot, sender)
+            snapshot = await job_state.with_last_batch(res.redis, live_state.from_row(row), job_id)
+            config = row["config"]
+
+            async def queue(state: live_state.LiveStatus) -> dict[str, Any]:
+                return await queue_fields(res.redis, {**state, "config": config})
+
+            feed = Feed(snapshot, sender, queue=queue)
             last = snapshot["last_event_id"]
             if after_key is not None:
                 newest = await _newest_id(res, last, job_id)
