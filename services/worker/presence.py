@@ -56,7 +56,7 @@ def probe(worker_id: str, max_jobs: int) -> WorkerInfo:
         gpu_names=[torch.cuda.get_device_name(i) for i in range(gpus)],
         cpu_threads=usable_cores(),
         memory_bytes=psutil.virtual_memory().total,
-        torch_version=torch.__version__,
+        torch_version=str(torch.__version__),
         cuda_version=torch.version.cuda,
         hub_reachable=hub,
         pretrained_cached=cached,
