@@ -76,9 +76,7 @@ async def test_a_worker_appears_within_its_heartbeat_and_vanishes_after_kill_9(
         assert worker["running"] == [] and worker["max_jobs"] == 1
         first_seen = worker["seen_at"]
         # The record is refreshed (every 0.2 s here), not written once.
-        await wait_for(
-            lambda: _seen_after(http, first_seen), timeout=10, what="a refreshed record"
-        )
+        await wait_for(lambda: _seen_after(http, first_seen), timeout=10, what="a refreshed record")
         os.kill(tree.proc.pid, signal.SIGKILL)
         # Nothing said goodbye: the record goes when its TTL (2 s here) runs out.
         await wait_for(
@@ -146,9 +144,7 @@ async def test_gpu_job_on_a_cpu_only_system_is_refused_or_queued_and_never_taken
 
         gpu = await job(http, gpu_id)
         assert gpu["status"] == "queued"
-        assert not any(
-            isinstance(e, JobStarted | JobFailed) for e in events_of(sync_redis, gpu_id)
-        )
+        assert not any(isinstance(e, JobStarted | JobFailed) for e in events_of(sync_redis, gpu_id))
         task = gpu["celery_task_id"]
         assert sync_redis.zscore(keys.ARQ_QUEUE, task) is not None
         assert not sync_redis.exists(f"arq:in-progress:{task}")
