@@ -10,7 +10,8 @@ const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
 
 /**
- * Watches `/ws/training/{jobId}` (or `path` + jobId: `/ws/replay/` for a replay). `after`: the event id the caller's data already reflects.
+ * Watches `/ws/training/{jobId}` (or `path` + jobId: `/ws/replay/` for a replay). `after`: the
+ * event id the caller's data already reflects.
  * Callbacks: onMessage(msg), onState(state, detail) with state one of
  * "connecting" | "live" | "retrying" | "closed" | "error".
  */

@@ -1,5 +1,5 @@
 // Hash router: #/jobs, #/new, #/jobs/<id>, #/compare?ids=a,b, #/workers. Each view renders into
-// <main>// and may return a cleanup function, called when the route changes.
+// <main> and may return a cleanup function, called when the route changes.
 
 import { errorBox, h } from "./dom.js";
 import { compareView } from "./views/compare.js";
