@@ -314,7 +314,9 @@ def tensorboard(
     data_dir: DataDir = None,
 ) -> None:
     """TensorBoard over every job's event files (needs the `tensorboard` extra:
-    pip install 'heimdall-training[tensorboard]')."""
+    pip install 'heimdall-training\\[tensorboard]')."""
+    # The backslash keeps Rich (typer's help) from reading `[tensorboard]` as markup and
+    # dropping it, which left "(needs heimdall-training)".
     from services.cli.tensorboard import run_tensorboard
 
     settings = _settings(data_dir=data_dir)
