@@ -154,3 +154,29 @@ async def test_first_websocket_snapshot_has_the_loss_of_its_current_batch(
     assert snapshot["current_batch"] == 2
     assert snapshot["batch_loss"] == pytest.approx(1.0)  # batch 2's, as the events say
     assert snapshot["batch_accuracy"] == pytest.approx(0.2)
+
+
+async def test_a_user_caused_failure_is_a_warning_without_traceback(
+    settings: Settings, db: asyncpg.Connection, sync_redis: Any, dataset: str, tmp_path: Any
+) -> None:
+    """`init_from_job` naming a job without weights fails inside the training process: the
+    user's to fix, so the worker logs the message at warning level and no traceback."""
+    import uuid
+
+    from support.worker import events_of, small_config, submit, worker_process
+
+    from shared.events import JobFailed
+
+    job = await submit(settings, db, small_config(init_from_job=str(uuid.uuid4())))
+    with worker_process(settings, tmp_path / "worker.log", HEIMDALL_LOG_JSON="1") as worker:
+
+        def failed() -> Any:
+            return next((e for e in events_of(sync_redis, job) if isinstance(e, JobFailed)), None)
+
+        event = await wait_for(failed, timeout=180, what=f"the job to fail ({worker.log})")
+    lines = [json.loads(x) for x in worker.log.read_text().splitlines() if x.startswith("{")]
+    (line,) = [x for x in lines if x.get("event") == "training cannot run"]
+    assert line["level"] == "warning" and line["job_id"] == job
+    assert line["error"] == event.error_message
+    assert not [x for x in lines if x.get("level") in ("error", "critical")], lines
+    assert "Traceback" not in worker.log.read_text()
