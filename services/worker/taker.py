@@ -54,8 +54,9 @@ class CapableWorker(Worker):
         left = len(job_ids) - len(runnable)
         if self.burst and not runnable and self.job_counter == 0:
             if left and left == await self.pool.zcard(self.queue_name):
-                # Nothing in the queue is ours to run: a burst worker is done.
-                self.max_burst_jobs = self._jobs_started()
+                # Nothing in the queue is ours to run: a burst worker is done (a limit of 0
+                # more jobs makes arq's burst loop stop).
+                self.max_burst_jobs = 0
         await super().start_jobs(runnable)
 
     async def _judge(self, task_ids: list[str], info: WorkerInfo) -> None:
