@@ -180,3 +180,26 @@ async def test_a_user_caused_failure_is_a_warning_without_traceback(
     assert line["error"] == event.error_message
     assert not [x for x in lines if x.get("level") in ("error", "critical")], lines
     assert "Traceback" not in worker.log.read_text()
+
+
+async def test_jobs_submit_shows_the_refusal_and_queues_anyway_when_asked(
+    settings: Settings, api: str, redis_client: aredis.Redis
+) -> None:
+    cpu_only = WorkerInfo(id="cpu-box:7", host="cpu-box", pid=7, accelerators=["cpu"])
+    await workers.announce(redis_client, cpu_only, ttl_s=30)
+    args = ["jobs", "submit", "--name", "gpu", "--set", 'accelerator="gpu"', "--url", api]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        *args,
+        cwd=REPO,
+        env=service_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1 and out == b""
+    assert err.decode().startswith("error 422: config.accelerator:"), err
+    job_id = (await heimdall(settings, *args, "--queue-anyway")).strip()
+    assert len(job_id) == 36

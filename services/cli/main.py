@@ -248,6 +248,10 @@ def jobs_submit(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="key=value (JSON value), repeatable.")
     ] = None,
+    queue_anyway: Annotated[
+        bool,
+        typer.Option(help="Queue it even when no connected worker can run it (one may join)."),
+    ] = False,
     url: ApiUrl = None,
 ) -> None:
     """Submit a training job; prints its id."""
@@ -263,7 +267,10 @@ def jobs_submit(
         typer.echo(f"error: bad config: {exc}", err=True)
         raise typer.Exit(2) from None
     body = _call(
-        "POST", f"{_api_base(url)}/api/v1/training/jobs", json={"job_name": name, "config": cfg}
+        "POST",
+        f"{_api_base(url)}/api/v1/training/jobs",
+        json={"job_name": name, "config": cfg},
+        params={"queue_anyway": "true"} if queue_anyway else None,
     )
     typer.echo(body["id"])
 
