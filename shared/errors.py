@@ -29,6 +29,10 @@ class InvalidInput(HeimdallError, ValueError):
         self.field = field
 
 
+class Unschedulable(InvalidInput):
+    """A well-formed config that no connected worker can run (no GPU, too few, no weights)."""
+
+
 class NotFound(HeimdallError):
     """The thing asked for does not exist (or no longer does)."""
 

@@ -153,6 +153,14 @@ class JobWarning(Event, tag="job_warning"):
     message: str
 
 
+class QueuedUnrunnable(JobWarning, tag="queued_unrunnable"):
+    """Queued with `?queue_anyway=true` although no connected worker can run it: it waits for
+    a worker that can. A JobWarning, so every consumer of warnings shows it."""
+
+    field: str = ""
+    """The config field no connected worker satisfies (`accelerator`, `devices`, `pretrained`)."""
+
+
 class TrackingLinked(Event, tag="tracking_linked"):
     """The job's runs in external trackers (TensorBoard folder, MLflow run)."""
 
@@ -173,6 +181,7 @@ AnyEvent = (
     | JobResumed
     | JobRequeued
     | JobWarning
+    | QueuedUnrunnable
     | TrackingLinked
 )
 

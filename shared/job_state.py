@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from shared import keys, live_state
 from shared.emit import final_status
-from shared.events import decode_event
+from shared.events import BatchProgress, decode_event
 from shared.status import TERMINAL, JobStatus
 
 log = structlog.get_logger(__name__)
@@ -75,3 +75,31 @@ async def current(
     merged.update((key, value) for key, value in state.items() if key in row)
     merged["id"] = row["id"]
     return merged
+
+
+LOOKBACK = 200
+"""How many of a job's events before its row's newest are searched for its latest batch."""
+
+
+async def with_last_batch(
+    client: aredis.Redis, state: Mapping[str, Any], job_id: str
+) -> live_state.LiveStatus:
+    """`state` (a row's) with the values that have no column (`live_state.LIVE_ONLY`: the
+    latest batch's loss and accuracy) taken from the newest batch event it reflects, so that
+    every field of a snapshot comes from the same events (`current_batch` 2 with batch 2's
+    loss, never with none)."""
+    out = dict(state)
+    newest = out.get("last_event_id")
+    if not newest or out.get("current_batch") is None:
+        return out
+    entries = await client.xrevrange(keys.job_stream(job_id), max=newest, count=LOOKBACK)
+    for _id, fields in entries:
+        try:
+            event = decode_event(fields[b"data"])
+        except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if isinstance(event, BatchProgress) and event.points:
+            values = live_state.effects(event).values
+            out.update((k, values[k]) for k in live_state.LIVE_ONLY if k in values)
+            break
+    return out

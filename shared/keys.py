@@ -83,3 +83,15 @@ def job_keys(job_id: str) -> list[str]:
 def replay_channel(job_id: str) -> str:
     """Where `heimdall replay` re-emits a recorded job's events for a frontend to watch."""
     return f"{PREFIX}:replay:{job_id}:live"
+
+
+WORKERS = f"{PREFIX}:workers"
+"""Sorted set: id of every worker that announced itself (score: when its record expires, ms);
+members whose record has expired are dropped by whoever lists the workers."""
+
+
+def worker(worker_id: str) -> str:
+    """A worker's heartbeat record (`shared.capabilities.WorkerInfo` as JSON), written with a
+    TTL of `Settings.worker_ttl_s` and refreshed every `Settings.worker_heartbeat_s`: a worker
+    that dies (even by SIGKILL) disappears when it expires."""
+    return f"{PREFIX}:worker:{worker_id}"

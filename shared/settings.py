@@ -87,6 +87,13 @@ class Settings(EnvSettings):
     """Torch threads per training process, shared by its DataLoader workers; 0: the cores this
     worker may use (its CPU affinity) divided among `max_jobs` jobs and each job's devices."""
 
+    worker_heartbeat_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 2.0
+    """How often a worker refreshes its heartbeat record (`GET /workers`)."""
+
+    worker_ttl_s: Annotated[float, Meta(gt=0.0, le=86400.0)] = 10.0
+    """A worker's record expires this long after its last refresh: a worker silent this long
+    (killed, partitioned) is no longer listed nor counted when jobs are admitted."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
 

@@ -65,9 +65,15 @@ def test_up_starts_serves_stops_cleanly_and_keeps_data(data_dir: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert httpx.get(f"{up.base}/api/v1/datasets/extra").json()["recordings"] == 14
 
-        job = httpx.post(
-            f"{up.base}/api/v1/training/jobs", json={"job_name": "kept", "config": {"epochs": 1}}
-        ).json()
+        # The seed's defaults want a GPU and ImageNet weights, which the worker may already
+        # have said it lacks (a 422 then); queued anyway, it waits untouched.
+        created = httpx.post(
+            f"{up.base}/api/v1/training/jobs",
+            json={"job_name": "kept", "config": {"epochs": 1}},
+            params={"queue_anyway": "true"},
+        )
+        assert created.status_code == 201, created.text
+        job = created.json()
         assert httpx.get(f"{up.base}/api/v1/training/jobs/{job['id']}").status_code == 200
     finally:
         code = up.stop()

@@ -394,3 +394,74 @@ async def test_screenshots(
 
 async def _is(http: httpx.AsyncClient, job_id: str, status: str) -> bool:
     return await status_of(http, job_id) == status
+
+
+async def test_new_job_defaults_fit_a_cpu_worker_and_the_job_completes(
+    page: Page,
+    stack: str,
+    http: httpx.AsyncClient,
+    settings: Settings,
+    db: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:
+    """On a CPU-only system the form starts from what the worker can run; unchanged, it makes
+    a job that trains to the end on this machine. The seed's defaults stay one click away."""
+    from support.worker import worker_process
+
+    await write_synthetic(db, settings.datasets_dir, "default", 200, seed=3, duration_s=0.25)
+    with worker_process(settings, tmp_path / "worker.log") as worker:
+
+        async def connected() -> bool:
+            return bool((await http.get("/api/v1/workers")).json()["workers"])
+
+        await until(connected, f"the worker to connect ({worker.log})", timeout_s=120)
+        await page.goto(f"{stack}/#/workers")
+        await page.wait_for_selector(f'tr[data-worker$=":{worker.proc.pid}"]')
+        assert "CPU" in await page.inner_text('td[data-col="devices"]')
+
+        await page.goto(f"{stack}/#/new")
+        note = await page.wait_for_selector('.defaults-note[data-defaults="fit"]')
+        assert note is not None
+        text = await note.inner_text()
+        assert "CPU only" in text and 'accelerator "cpu"' in text, text
+        assert await page.input_value("#f-accelerator") == "cpu"
+        assert await page.input_value("#f-model_architecture") == "convnext_atto"
+        assert not await page.is_checked("#f-pretrained")
+
+        await page.click("a[data-action=seed-defaults]")
+        await page.wait_for_selector('.defaults-note[data-defaults="seed"]')
+        assert await page.input_value("#f-accelerator") == "gpu"
+        assert await page.input_value("#f-model_architecture") == "convnext_tiny"
+        assert await page.is_checked("#f-pretrained")
+        await page.click(".defaults-note a")
+        await page.wait_for_selector('.defaults-note[data-defaults="fit"]')
+
+        await page.fill("#f-job_name", "machine defaults")
+        await page.click("button[type=submit]")
+        await page.wait_for_url(re.compile(rf"#/jobs/{UUID}$"))
+        job_id = page.url.rsplit("/", 1)[1]
+        await page.wait_for_selector('.badge[data-status="completed"]', timeout=240_000)
+        job = (await http.get(f"{JOBS}/{job_id}")).json()["job"]
+        assert job["status"] == "completed", job
+        assert job["config"]["accelerator"] == "cpu" and job["config"]["pretrained"] is False
+
+
+async def test_queued_then_failed_job_page_says_what_it_has(
+    page: Page, stack: str, http: httpx.AsyncClient, emitter: AsyncEmitter
+) -> None:
+    job_id = await create_job(http, "fails at once")
+    await page.goto(f"{stack}/#/jobs/{job_id}")
+    info = await page.wait_for_selector('.queue-info[data-queue-position="1"]')
+    assert info is not None
+    assert "position 1 of 1" in await info.inner_text()
+    assert "none is connected" in await info.inner_text()
+
+    await emitter.emit(JobFailed(job_id=job_id, error_message="no GPU here"))
+    await page.wait_for_selector('.badge[data-status="failed"]')
+    await page.wait_for_selector(".no-data:not([hidden])")
+    assert "failed before the first epoch" in await page.inner_text(".no-data")
+    assert await page.is_hidden(".charts")
+    assert await page.is_hidden(".queue-info")
+    stats = await page.inner_text(".stats")
+    assert "?" not in stats and "—" not in stats, stats
+    assert "no GPU here" in await page.inner_text(".failure")

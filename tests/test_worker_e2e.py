@@ -18,6 +18,8 @@ import redis.asyncio as aredis
 from support import wait_for
 from support.worker import burst_worker, events_of, small_config, submit
 
+from services.worker.presence import probe
+from shared import keys
 from shared.commands import CancelJob, DeleteJob, send_command
 from shared.events import (
     BatchProgress,
@@ -144,26 +146,28 @@ async def test_two_devices_train_with_ddp_on_cpu(
     assert isinstance(events[-1], JobCompleted), events[-1]
 
 
-async def test_failures_are_reported_with_their_error(
+async def test_failures_are_reported_and_unrunnable_jobs_left_queued(
     settings: Settings, db: asyncpg.Connection, sync_redis: redis.Redis, dataset: str
 ) -> None:
     gpu = await submit(settings, db, small_config(accelerator="gpu"))
     weights = await submit(settings, db, small_config(pretrained=True))
     empty = await submit(settings, db, small_config(dataset="nothing-here"))
     started = time.monotonic()
+    # A burst worker stops once the queue holds nothing it can run.
     async with burst_worker(settings):
         pass
     assert time.monotonic() - started < 60
-    for job_id, words in [
-        (gpu, ["CUDA is not available", "accelerator='cpu'"]),
-        (weights, ["pretrained=true", "cache", "pretrained=false"]),
-        (empty, ["no recordings", "nothing-here"]),
-    ]:
-        events = events_of(sync_redis, job_id)
-        assert isinstance(events[-1], JobFailed), events
-        assert not any(isinstance(e, JobCompleted) for e in events)
-        for word in words:
-            assert word in events[-1].error_message, events[-1].error_message
+    events = events_of(sync_redis, empty)
+    assert isinstance(events[-1], JobFailed), events
+    for word in ["no recordings", "nothing-here"]:
+        assert word in events[-1].error_message, events[-1].error_message
+    # This CPU worker cannot run a GPU job, nor load ImageNet weights offline: it leaves both
+    # in the queue, untouched, for a worker that can (see test_workers.py).
+    cached = probe("test:0", 1)
+    left = [gpu] if cached.can_load_weights("convnext_atto") else [gpu, weights]
+    for job_id in left:
+        assert events_of(sync_redis, job_id) == []
+    assert sync_redis.zcard(keys.ARQ_QUEUE) == len(left)
 
 
 async def test_worker_stops_training_on_sigint(

@@ -343,9 +343,9 @@ def test_pretrained_loads_from_a_prepopulated_cache(
     from huggingface_hub import constants
     from safetensors.torch import save_file
 
-    from services.worker.model import _hf_hub_id
+    from services.worker.model import hf_hub_id
 
-    hub_id = _hf_hub_id("convnext_atto")
+    hub_id = hf_hub_id("convnext_atto")
     assert hub_id
     source = timm.create_model("convnext_atto", pretrained=False)
     commit = "0" * 40

@@ -18,6 +18,7 @@ from services.api.inputs import check_request
 from services.api.jobs import JobsController
 from services.api.observability import PROMETHEUS, metrics
 from services.api.resources import lifespan
+from services.api.workers import WorkersController
 from services.api.ws import ws_routes
 from shared.settings import Settings
 
@@ -27,6 +28,7 @@ def create_app(settings: Settings) -> Litestar:
     handlers: list[Any] = [
         JobsController,
         DatasetsController,
+        WorkersController,
         health,
         ready,
         metrics,

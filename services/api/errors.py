@@ -16,7 +16,14 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 from redis.exceptions import RedisError
 
-from shared.errors import Conflict, HeimdallError, InvalidInput, NotFound, Unavailable
+from shared.errors import (
+    Conflict,
+    HeimdallError,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+    Unschedulable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +34,7 @@ class UnsupportedMediaType(InvalidInput):
 
 STATUS: dict[type[HeimdallError], int] = {
     UnsupportedMediaType: 415,
+    Unschedulable: 422,
     InvalidInput: 400,
     NotFound: 404,
     Conflict: 409,
@@ -138,5 +146,6 @@ __all__ = [
     "InvalidInput",
     "NotFound",
     "Unavailable",
+    "Unschedulable",
     "UnsupportedMediaType",
 ]

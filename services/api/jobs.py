@@ -21,16 +21,25 @@ from redis.exceptions import RedisError
 from services.api import inputs, store, views
 from services.api import metrics as series_reads
 from services.api.datasets import check_split
-from services.api.errors import Conflict, InvalidInput, NotFound, Unavailable
+from services.api.errors import Conflict, InvalidInput, NotFound, Unavailable, Unschedulable
+from services.api.queue import queue_fields
 from services.api.resources import Resources
 from services.tracking import delete_tracking
-from shared import job_state, keys
+from shared import job_state, keys, workers
+from shared.capabilities import admission
 from shared.commands import CancelJob, DeleteJob, PauseJob, send_command
 from shared.config import ConfigError, TrainingConfig
 from shared.deletion import forget
 from shared.emit import DELETED
 from shared.event_log import events_after
-from shared.events import JobCancelled, JobPaused, JobQueued, JobResumed, parse_event_id
+from shared.events import (
+    JobCancelled,
+    JobPaused,
+    JobQueued,
+    JobResumed,
+    QueuedUnrunnable,
+    parse_event_id,
+)
 from shared.ids import InvalidJobId, canonical_job_id
 from shared.jobs import fetch_job, insert_job
 from shared.status import TERMINAL, JobStatus
@@ -89,6 +98,22 @@ async def _now(res: Resources, row: Any, *, strict: bool = False) -> dict[str, A
     return await job_state.current(res.redis, row, strict=strict)
 
 
+async def _unqueue(res: Resources, task_id: str | None) -> bool:
+    """Take the task off the queue unless a worker has taken it; True when it was waiting."""
+    if not task_id:
+        return False
+    unqueue = res.redis.register_script(UNQUEUE)
+    in_progress = f"{IN_PROGRESS_PREFIX}{task_id}"
+    return bool(await unqueue(keys=[keys.ARQ_QUEUE, in_progress], args=[task_id]))
+
+
+async def _detail(res: Resources, now: Any) -> dict[str, Any]:
+    """The job's detail, with its place in the queue while it waits there."""
+    detail = views.job_detail(now)
+    detail.update(await queue_fields(res.redis, now))
+    return detail
+
+
 def websocket_url(request: Request[Any, Any, Any], job_id: str) -> str:
     """Built from the request's own scheme, host and port, so proxies and ports just work."""
     scheme = "wss" if request.url.scheme == "https" else "ws"
@@ -102,8 +127,20 @@ class JobsController(Controller):
 
     @post("/", status_code=201, summary="Create a training job")
     async def create(
-        self, data: JSONBody[CreateJob], state: State, request: Request[Any, Any, Any]
+        self,
+        data: JSONBody[CreateJob],
+        state: State,
+        request: Request[Any, Any, Any],
+        queue_anyway: Annotated[
+            bool,
+            QueryParameter(
+                description="queue the job even when no connected worker can run its config"
+                " (a worker that can may join later)"
+            ),
+        ] = False,
     ) -> dict[str, Any]:
+        """422 naming the field when no connected worker can run the config (unless
+        `queue_anyway`); with no worker connected at all the job is queued."""
         res = _res(state)
         # Litestar converts leniently ("5" → 5, 1 → True); a training config must not guess,
         # so the body is decoded once more, strictly, as JSON.
@@ -116,6 +153,9 @@ class JobsController(Controller):
             data.config.check()
         except ConfigError as exc:
             raise InvalidInput(f"config.{exc.field}: {exc}", f"config.{exc.field}") from None
+        unrunnable = admission(await workers.connected(res.redis), data.config)
+        if unrunnable is not None and not queue_anyway:
+            raise Unschedulable(unrunnable.reason, f"config.{unrunnable.field}")
         job_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
         async with res.db.acquire() as conn:
             await check_split(conn, data.config)
@@ -127,6 +167,11 @@ class JobsController(Controller):
             await res.emitter.emit(
                 JobQueued(job_id=job_id, task_id=task_id, total_epochs=data.config.epochs)
             )
+            if unrunnable is not None:
+                message = f"queued anyway: {unrunnable.reason.split(': ', 1)[-1]}"
+                await res.emitter.emit(
+                    QueuedUnrunnable(job_id=job_id, message=message, field=unrunnable.field)
+                )
         except (RedisError, OSError) as exc:
             await store.delete_job(res.db, job_id)
             raise Unavailable(f"the job queue (Redis) is unreachable: {exc}") from None
@@ -152,7 +197,7 @@ class JobsController(Controller):
         res = _res(state)
         job_id, row = await _job_or_404(res, job_id)
         return {
-            "job": views.job_detail(await _now(res, row)),
+            "job": await _detail(res, await _now(res, row)),
             "recent_metrics": await series_reads.recent_epochs(res.db, job_id, 10),
             "websocket_url": websocket_url(request, job_id),
         }
@@ -160,7 +205,8 @@ class JobsController(Controller):
     @delete("/{job_id:str}", status_code=204, summary="Cancel if active, then delete every trace")
     async def delete_job(self, job_id: FromPath[str], state: State) -> None:
         res = _res(state)
-        job_id, _ = await _job_or_404(res, job_id)
+        job_id, row = await _job_or_404(res, job_id)
+        await _unqueue(res, row["celery_task_id"])
         # The command stops a worker training the job (it removes what it wrote once it has
         # stopped); `forget` marks the job deleted and removes every key naming it, and no
         # later write can bring one back. Then the rows and files.
@@ -187,6 +233,8 @@ class JobsController(Controller):
         if not claim.won:
             raise Conflict(f"job {job_id} is already {claim.final}; nothing to cancel")
         await send_command(res.redis, CancelJob(job_id=job_id))
+        # A task no worker has taken leaves the queue now, so that it holds no place there.
+        await _unqueue(res, now["celery_task_id"])
         log.info("job cancelled", job_id=job_id)
         return {"job": views.job_detail(await _now(res, row))}
 
@@ -202,11 +250,7 @@ class JobsController(Controller):
         # The command's flag makes any worker that picks the job up later pause it at once; the
         # command reaches the worker training it, which checkpoints and emits JobPaused.
         await send_command(res.redis, PauseJob(job_id=job_id))
-        task_id = now["celery_task_id"]
-        unqueue = res.redis.register_script(UNQUEUE)
-        waiting = await unqueue(
-            keys=[keys.ARQ_QUEUE, f"{IN_PROGRESS_PREFIX}{task_id}"], args=[task_id]
-        )
+        waiting = await _unqueue(res, now["celery_task_id"])
         if waiting:
             # No worker has it: nothing to checkpoint, it is paused now.
             await res.emitter.emit(JobPaused(job_id=job_id))

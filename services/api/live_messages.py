@@ -33,11 +33,14 @@ def connected(job_id: str, replay: bool = False) -> str:
     )
 
 
-def training_status(state: Mapping[str, Any]) -> str:
-    """The seed's `training_status`, with event_id, batch progress and the last batch's metrics."""
+def training_status(state: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
+    """The seed's `training_status`, with event_id, batch progress and the last batch's metrics,
+    and `extra` (a job's queue fields)."""
     message = views.training_status(state, state["last_event_id"])
     message["batch_loss"] = state.get("batch_loss")
     message["batch_accuracy"] = state.get("batch_accuracy")
+    if extra:
+        message.update(extra)
     return encode(message)
 
 

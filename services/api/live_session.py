@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +23,13 @@ from litestar.exceptions import WebSocketDisconnect
 from services.api import live_messages as msg
 from services.api.inputs import decode_json
 from services.api.live_hub import FEED_TOO_SLOW, FeedLost, LiveItem, Subscription
+from services.api.queue import NOT_QUEUED
 from services.api.resources import Resources
 from shared import live_state
 from shared.errors import InvalidInput
 from shared.event_log import StoredEvent, events_after
 from shared.events import EpochCompleted, JobWarning, decode_event, parse_event_id
+from shared.status import JobStatus
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +57,13 @@ class Sender:
             await self._socket.send_text(text)
 
 
+QUEUE_REFRESH_S = 1.0
+"""How often a queued job's watcher re-reads its place in the queue (sent when it changes)."""
+
+QueueFields = Callable[[live_state.LiveStatus], Awaitable[dict[str, Any]]]
+"""The queue fields of a job in a state (see services/api/queue.queue_fields)."""
+
+
 @dataclass
 class Feed:
     """What a client has been sent so far, and how the next event turns into messages."""
@@ -65,22 +74,38 @@ class Feed:
     last_status_at: float = field(default_factory=time.monotonic)
     sent_id: str | None = None
     """The newest event whose messages all went out: where a cut-off client should resume."""
+    queue: QueueFields | None = None
+    """Where a queued job stands in the queue; None: no queue fields (a replay)."""
+    queue_shown: dict[str, Any] = field(default_factory=lambda: dict(NOT_QUEUED))
+    last_queue_at: float = field(default_factory=time.monotonic)
 
     @property
     def finished(self) -> bool:
         return live_state.is_terminal(self.state)
 
+    @property
+    def queued(self) -> bool:
+        return self.queue is not None and self.state["status"] == JobStatus.QUEUED
+
     async def send_status(self, memo: dict[object, str] | None = None) -> None:
         """Send the status; `memo` shares the encoded text between listeners of one event."""
-        if memo is None:
-            text = msg.training_status(self.state)
+        if self.queued:
+            assert self.queue is not None
+            self.queue_shown = await self.queue(self.state)
+            self.last_queue_at = time.monotonic()
+            text = msg.training_status(self.state, self.queue_shown)
+        elif memo is None:
+            text = msg.training_status(self.state, self._queue_extra())
         else:
             signature = tuple(self.state.values())
             text = memo.get(signature) or memo.setdefault(
-                signature, msg.training_status(self.state)
+                signature, msg.training_status(self.state, self._queue_extra())
             )
         await self.sender.send(text)
         self.last_status_at = time.monotonic()
+
+    def _queue_extra(self) -> dict[str, Any] | None:
+        return dict(NOT_QUEUED) if self.queue is not None else None
 
     async def apply(self, item: LiveItem) -> None:
         """Send what `item` means to a watcher; ids at or before the last one sent are dropped."""
@@ -105,12 +130,26 @@ class Feed:
         self.sent_id = item.event_id
 
     async def heartbeat_wait(self, sub: Subscription, heartbeat_s: float) -> LiveItem | None:
-        """The next live item, or None (after sending a heartbeat) when it is time for one."""
-        remaining = heartbeat_s - (time.monotonic() - self.last_status_at)
+        """The next live item, or None (after sending a heartbeat) when it is time for one.
+        A queued job's place is re-read every QUEUE_REFRESH_S and sent when it moved."""
+        now = time.monotonic()
+        remaining = heartbeat_s - (now - self.last_status_at)
+        if self.queued:
+            remaining = min(remaining, QUEUE_REFRESH_S - (now - self.last_queue_at))
         item = await sub.next(max(remaining, 0.0))
-        if item is None:
+        if item is not None:
+            return item
+        if time.monotonic() - self.last_status_at >= heartbeat_s or not self.queued:
             await self.send_status()
-        return item
+        else:
+            assert self.queue is not None
+            shown = self.queue_shown
+            self.queue_shown = await self.queue(self.state)
+            self.last_queue_at = time.monotonic()
+            if self.queue_shown != shown:
+                await self.sender.send(msg.training_status(self.state, self.queue_shown))
+                self.last_status_at = time.monotonic()
+        return None
 
 
 def stored_item(event: StoredEvent) -> LiveItem:

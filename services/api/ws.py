@@ -35,6 +35,7 @@ from services.api.live_session import (
     supervise,
 )
 from services.api.observability import ACTIVE_WEBSOCKETS
+from services.api.queue import queue_fields
 from services.api.resources import Resources
 from shared import job_state, keys, live_state
 from shared.events import parse_event_id
@@ -117,9 +118,16 @@ async def _serve_training(socket: Socket, raw_id: str) -> None:  # noqa: C901 - 
             row = await _job_row(socket, sender, job_id)
             if row is None:
                 return
-            # The job as it stands now: the row with what the recorder has not written yet.
+            # The job as it stands now: the row with what the recorder has not written yet,
+            # and the values that have no column from the newest batch it reflects.
             snapshot = await job_state.catch_up(res.redis, live_state.from_row(row), job_id)
-            feed = Feed(snapshot, sender)
+            snapshot = await job_state.with_last_batch(res.redis, snapshot, job_id)
+            config = row["config"]
+
+            async def queue(state: live_state.LiveStatus) -> dict[str, Any]:
+                return await queue_fields(res.redis, {**state, "config": config})
+
+            feed = Feed(snapshot, sender, queue=queue)
             last = snapshot["last_event_id"]
             if after_key is not None:
                 newest = await _newest_id(res, last, job_id)

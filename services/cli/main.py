@@ -248,6 +248,10 @@ def jobs_submit(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="key=value (JSON value), repeatable.")
     ] = None,
+    queue_anyway: Annotated[
+        bool,
+        typer.Option(help="Queue it even when no connected worker can run it (one may join)."),
+    ] = False,
     url: ApiUrl = None,
 ) -> None:
     """Submit a training job; prints its id."""
@@ -263,7 +267,10 @@ def jobs_submit(
         typer.echo(f"error: bad config: {exc}", err=True)
         raise typer.Exit(2) from None
     body = _call(
-        "POST", f"{_api_base(url)}/api/v1/training/jobs", json={"job_name": name, "config": cfg}
+        "POST",
+        f"{_api_base(url)}/api/v1/training/jobs",
+        json={"job_name": name, "config": cfg},
+        params={"queue_anyway": "true"} if queue_anyway else None,
     )
     typer.echo(body["id"])
 
@@ -280,10 +287,11 @@ def jobs_list(
         params["status"] = status
     body = _call("GET", f"{_api_base(url)}/api/v1/training/jobs", params=params)
     for job in body["jobs"]:
-        loss = job["val_loss"] if job["val_loss"] is not None else float("nan")
+        loss = job["val_loss"]
+        shown = f"{loss:8.4f}" if isinstance(loss, int | float) else f"{'—':>8}"
         typer.echo(
             f"{job['id']}  {job['status']:<9}  {job['current_epoch']:>4}/{job['total_epochs']:<4}"
-            f"  val_loss {loss:8.4f}  {job['job_name']}"
+            f"  val_loss {shown}  {job['job_name']}"
         )
     typer.echo(f"{len(body['jobs'])} of {body['total']}")
 
@@ -312,7 +320,10 @@ def tensorboard(
     host: Annotated[str, typer.Option(help="Interface TensorBoard binds to.")] = "127.0.0.1",
     data_dir: DataDir = None,
 ) -> None:
-    """TensorBoard over every job's event files (needs heimdall-training[tensorboard])."""
+    """TensorBoard over every job's event files (needs the `tensorboard` extra:
+    pip install 'heimdall-training\\[tensorboard]')."""
+    # The backslash keeps Rich (typer's help) from reading `[tensorboard]` as markup and
+    # dropping it, which left "(needs heimdall-training)".
     from services.cli.tensorboard import run_tensorboard
 
     settings = _settings(data_dir=data_dir)
@@ -333,11 +344,30 @@ def replay(
 
     with embedded_stores(_settings(data_dir=data_dir)) as settings:
         try:
-            count = asyncio.run(run_replay(settings, job_id, speed))
+            count = asyncio.run(run_replay(settings, job_id, speed, on_start=_replay_links))
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
     typer.echo(f"replayed {count} events")
+
+
+def _replay_links(settings: Settings, job_id: str) -> None:
+    """Where to watch a replay, printed before its first event goes out."""
+    base = f"{settings.host}:{settings.port}"
+    typer.echo(
+        f"replaying job {job_id}; watch it at\n"
+        f"  WebSocket  ws://{base}/ws/replay/{job_id}\n"
+        f"  dashboard  http://{base}/#/jobs/{job_id}?replay=1"
+    )
+
+
+@app.command()
+def workers(url: ApiUrl = None) -> None:
+    """The connected workers and what each can run."""
+    from services.cli.workers import render_workers
+
+    body = _call("GET", f"{_api_base(url)}/api/v1/workers")
+    typer.echo(render_workers(body["workers"]))
 
 
 def main() -> None:

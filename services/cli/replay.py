@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import structlog
@@ -35,8 +36,14 @@ def _check(job_id: str, speed: float) -> str:
     return canonical_job_id(job_id)
 
 
-async def replay(settings: Settings, job_id: str, speed: float = 1.0) -> int:
+async def replay(
+    settings: Settings,
+    job_id: str,
+    speed: float = 1.0,
+    on_start: Callable[[Settings, str], None] | None = None,
+) -> int:
     """Re-emit a recorded job's events at `speed` times their original pace; returns how many.
+    `on_start(settings, job_id)` is called once the job is found, before the first event.
 
     Raises ValueError for a speed that is not a positive number and for an unknown job.
     `settings` must carry resolved store URLs (see services.cli.embedded.embedded_stores).
@@ -53,6 +60,8 @@ async def replay(settings: Settings, job_id: str, speed: float = 1.0) -> int:
             if await fetch_job(conn, job_id) is None:
                 raise ValueError(f"no training job with id {job_id!r}")
         channel = keys.replay_channel(job_id)
+        if on_start is not None:
+            on_start(settings, job_id)
         loop = asyncio.get_running_loop()
         started = loop.time()
         first_ms: int | None = None

@@ -43,6 +43,25 @@ def _num(value: Any, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, int | float) else "-"
 
 
+def _percent(value: Any) -> str:
+    return f"{value * 100:.1f}%" if isinstance(value, int | float) else "-"
+
+
+def metric_labels(m: dict[str, Any]) -> list[str]:
+    """The line's metrics, each named: the latest batch's while training, else the latest
+    epoch's train loss and validation accuracy."""
+    if m.get("status") == "running" and m.get("batch_loss") is not None:
+        return [
+            f"batch loss {_num(m.get('batch_loss'), '.4f')}",
+            f"batch acc {_percent(m.get('batch_accuracy'))}",
+        ]
+    metrics = m.get("metrics") or {}
+    return [
+        f"train loss {_num(metrics.get('train_loss'), '.4f')}",
+        f"val acc {_percent(metrics.get('val_accuracy'))}",
+    ]
+
+
 class ProgressLine:
     """Renders status and epoch messages on `out`."""
 
@@ -53,11 +72,6 @@ class ProgressLine:
         self._drawn = False
 
     def line(self, m: dict[str, Any]) -> str:
-        metrics = m.get("metrics") or {}
-        loss = m.get("batch_loss") if m.get("status") == "running" else None
-        acc = m.get("batch_accuracy") if m.get("status") == "running" else None
-        loss = loss if loss is not None else metrics.get("train_loss")
-        acc = acc if acc is not None else metrics.get("val_accuracy", metrics.get("train_accuracy"))
         percent = float(m.get("progress_percent") or 0.0)
         width = 20
         filled = int(width * min(max(percent, 0.0), 100.0) / 100)
@@ -67,11 +81,12 @@ class ProgressLine:
         ]
         if m.get("total_batches"):
             parts.append(f"batch {m.get('current_batch') or 0}/{m['total_batches']}")
-        parts += [
-            f"loss {_num(loss, '.4f')}",
-            f"acc {_num(acc * 100 if acc is not None else None, '.1f')}%",
-        ]
+        parts += metric_labels(m)
         parts.append(str(m.get("status")))
+        if m.get("status") == "queued" and m.get("waiting_for"):
+            place = m.get("queue_position")
+            where = f"position {place} of {m.get('queue_length')}, " if place else ""
+            parts.append(f"{where}waiting for {m['waiting_for']}")
         if m.get("error_message"):
             parts.append(f"error: {m['error_message']}")
         return "  ".join(parts)

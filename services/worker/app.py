@@ -17,8 +17,10 @@ from arq.worker import Worker, func
 from services.tracking import JobTrackers, TrackingSettings
 from services.worker.lease import Reaper
 from services.worker.listener import BLOCK_MS, CommandListener
+from services.worker.presence import Presence, probe
 from services.worker.process import warm_up
 from services.worker.runner import JobRunner, train_job
+from services.worker.taker import CapableWorker
 from shared import keys
 from shared.db import create_pool
 from shared.redis_clients import arq_client, async_client
@@ -56,17 +58,38 @@ async def startup(ctx: dict[str, Any]) -> None:
     reaper = Reaper(settings, ctx["db_pool"], client, ctx["redis"])
     ctx["reaper"] = asyncio.create_task(reaper.run_forever(), name="heimdall-reaper")
     await asyncio.to_thread(warm_up)
-    log.info("worker ready", queue=keys.ARQ_QUEUE, worker=ctx["runner"].name)
+    runner: JobRunner = ctx["runner"]
+    info = await asyncio.to_thread(probe, runner.name, ctx["max_jobs"])
+    presence = Presence(settings, client, info, lambda: sorted(runner.running))
+    # Announced before the first poll: the API then admits jobs by this worker's capabilities.
+    await presence.beat()
+    ctx["presence"] = presence
+    ctx["heartbeat"] = asyncio.create_task(presence.run_forever(), name="heimdall-heartbeat")
+    log.info(
+        "worker ready",
+        queue=keys.ARQ_QUEUE,
+        worker=runner.name,
+        accelerators=info.accelerators,
+        gpus=info.gpu_count,
+        hub_reachable=info.hub_reachable,
+    )
+
+
+async def _stop_task(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    reaper: asyncio.Task[None] | None = ctx.pop("reaper", None)
-    if reaper is not None:
-        reaper.cancel()
-        try:
-            await reaper
-        except asyncio.CancelledError:
-            pass
+    await _stop_task(ctx.pop("heartbeat", None))
+    presence: Presence | None = ctx.pop("presence", None)
+    if presence is not None:
+        await presence.withdraw()
+    await _stop_task(ctx.pop("reaper", None))
     trackers: JobTrackers | None = ctx.pop("trackers", None)
     if trackers is not None:
         await trackers.aclose()
@@ -91,19 +114,24 @@ def create_worker(
     poll_delay_s: float = 0.5,
     tracking: TrackingSettings | None = None,
 ) -> Worker:
-    """An arq Worker for `train_job` on `keys.ARQ_QUEUE`. `settings.redis_url` and
+    """An arq Worker for `train_job` on `keys.ARQ_QUEUE` that takes only the jobs it can run
+    (see taker.py) and announces itself (see presence.py). `settings.redis_url` and
     `settings.database_url` must be set (the CLI resolves embedded stores first). `max_jobs`
     is how many jobs this worker trains at once; run more workers to scale out. `tracking`
     (default: TensorBoard only) says which trackers follow each job."""
     if not settings.redis_url or not settings.database_url:
         raise ValueError("the worker needs settings.redis_url and settings.database_url")
-    return Worker(
+    return CapableWorker(
         functions=[func(train_job, name="train_job", max_tries=MAX_TRIES, timeout=JOB_TIMEOUT_S)],
         queue_name=keys.ARQ_QUEUE,
         redis_pool=arq_client(settings.redis_url, settings.redis_timeout_s, keys.ARQ_QUEUE),
         on_startup=startup,
         on_shutdown=shutdown,
-        ctx={"settings": settings, "tracking": tracking or TrackingSettings()},
+        ctx={
+            "settings": settings,
+            "tracking": tracking or TrackingSettings(),
+            "max_jobs": max_jobs,
+        },
         burst=burst,
         max_jobs=max_jobs,
         job_timeout=JOB_TIMEOUT_S,

@@ -53,12 +53,12 @@ def freeze_backbone(model: nn.Module) -> None:
         param.requires_grad = name.startswith(prefix)
 
 
-def _hf_hub_id(architecture: str) -> str | None:
+def hf_hub_id(architecture: str) -> str | None:
     cfg = timm.models.get_pretrained_cfg(architecture)
     return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
 
 
-def _cached(hub_id: str) -> str | None:
+def cached_weights(hub_id: str) -> str | None:
     """The weights file of `hub_id` in the local Hugging Face cache, or None."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -70,7 +70,7 @@ def _cached(hub_id: str) -> str | None:
     return None
 
 
-def _hub_unreachable() -> str | None:
+def hub_unreachable() -> str | None:
     """Why the hub cannot be reached, or None. One short TCP probe instead of the client's
     minute of retries, so an offline worker fails at once."""
     from huggingface_hub import constants
@@ -87,7 +87,7 @@ def _hub_unreachable() -> str | None:
 
 
 def _create_pretrained(architecture: str, kwargs: dict[str, Any]) -> nn.Module:
-    hub_id = _hf_hub_id(architecture) or f"timm/{architecture}"
+    hub_id = hf_hub_id(architecture) or f"timm/{architecture}"
     how = (
         'Provide them by running `python -c "import timm;'
         f" timm.create_model('{architecture}', pretrained=True)\"` once on a machine with"
@@ -95,9 +95,9 @@ def _create_pretrained(architecture: str, kwargs: dict[str, Any]) -> nn.Module:
         " worker (or pointing HF_HOME / HF_HUB_CACHE at a copy), then retry; or submit the job"
         " with pretrained=false to train from scratch."
     )
-    cached = _cached(hub_id)
+    cached = cached_weights(hub_id)
     if cached is None:
-        reason = _hub_unreachable()
+        reason = hub_unreachable()
         if reason is not None:
             raise PretrainedWeightsUnavailable(
                 f"pretrained=true needs the ImageNet weights of {architecture} ({hub_id}), which"

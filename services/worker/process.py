@@ -207,7 +207,12 @@ def _train(
     except BaseException as exc:
         if guard.is_set():
             return Preempt.CANCEL
-        log.exception("training failed")
+        if isinstance(exc, WorkerError):
+            # The config asked for what this machine cannot give (no GPU, no weights...): the
+            # user's to fix, and the message says how; tracebacks are for our own bugs.
+            log.warning("training cannot run", error=str(exc))
+        else:
+            log.exception("training failed")
         if claim(gate, Gate.TRAINER):
             emitter.emit(JobFailed(job_id=spec.job_id, error_message=error_text(exc)))
         return EXIT_FAILED

@@ -94,6 +94,8 @@ class JobRunner:
         self._emitter = AsyncEmitter(client, settings.job_stream_maxlen, retry_s=EMIT_RETRY_S)
         self._trackers = trackers
         self.name = worker_name()
+        self.running: set[str] = set()
+        """Ids of the jobs this worker has taken and not yet let go (its heartbeat says)."""
 
     async def _emit(self, event: Event) -> None:
         await self._emitter.emit(event)
@@ -103,9 +105,11 @@ class JobRunner:
         `skipped`). Never raises for a job's own failure: that becomes a JobFailed event."""
         with structlog.contextvars.bound_contextvars(job_id=job_id):
             watch = self._listener.watch(job_id)
+            self.running.add(job_id)
             try:
                 return await self._run(job_id, attempt, watch)
             finally:
+                self.running.discard(job_id)
                 self._listener.unwatch(job_id)
                 told = isinstance(watch.command, DeleteJob)
                 await asyncio.shield(self._let_go(job_id, told=told))

@@ -37,11 +37,18 @@ def cli_env(**extra: str) -> dict[str, str]:
 class Tree:
     """A child process started in its own session, and every descendant seen since."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+    ) -> None:
         self.log = log
         self._out = log.open("w")
         self.proc = subprocess.Popen(
-            argv, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.seen: dict[int, psutil.Process] = {}
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import arq
@@ -21,6 +25,8 @@ from shared.events import AnyEvent, decode_event
 from shared.jobs import insert_job
 from shared.settings import Settings
 from support import TINY
+from support.cli import REPO, service_env
+from support.processes import Tree
 
 SMALL: dict[str, Any] = {**TINY, "dataset": "synth", "seed": 7}
 """TINY on the `synth` dataset that `synth_dataset` writes, seeded."""
@@ -74,3 +80,19 @@ async def burst_worker(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
             await asyncio.shield(worker.close())
         except (asyncio.CancelledError, Exception):
             pass
+
+
+FAST_HEARTBEAT = {"HEIMDALL_WORKER_HEARTBEAT_S": "0.2", "HEIMDALL_WORKER_TTL_S": "2"}
+"""A worker's record refreshed five times a second and gone 2 s after its last refresh."""
+
+
+@contextlib.contextmanager
+def worker_process(settings: Settings, log: Path, **env: str) -> Iterator[Tree]:
+    """`heimdall worker` as a real process (in its own session) on the test's stores, with a
+    fast heartbeat; it and every process it started are killed when the block ends."""
+    argv = [sys.executable, "-m", "services.cli.main", "worker"]
+    tree = Tree(argv, service_env(settings, **{**FAST_HEARTBEAT, **env}), log, cwd=REPO)
+    try:
+        yield tree
+    finally:
+        tree.stop(signal.SIGTERM, timeout=20)

@@ -10,13 +10,15 @@ const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
 
 /**
- * Watches `/ws/training/{jobId}`. `after`: the event id the caller's data already reflects.
+ * Watches `/ws/training/{jobId}` (or `path` + jobId: `/ws/replay/` for a replay). `after`: the
+ * event id the caller's data already reflects.
  * Callbacks: onMessage(msg), onState(state, detail) with state one of
  * "connecting" | "live" | "retrying" | "closed" | "error".
  */
 export class LiveJob {
-  constructor(jobId, { after = null, onMessage, onState }) {
+  constructor(jobId, { after = null, onMessage, onState, path = "/ws/training/" }) {
     this.jobId = jobId;
+    this.path = path;
     this.after = after;
     this.onMessage = onMessage;
     this.onState = onState ?? (() => {});
@@ -31,7 +33,7 @@ export class LiveJob {
   url() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const url = new URL(
-      `${scheme}//${location.host}/ws/training/${encodeURIComponent(this.jobId)}`,
+      `${scheme}//${location.host}${this.path}${encodeURIComponent(this.jobId)}`,
     );
     if (this.after) url.searchParams.set("after", this.after);
     return withToken(url.toString());

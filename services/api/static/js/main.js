@@ -1,11 +1,12 @@
-// Hash router: #/jobs, #/new, #/jobs/<id>, #/compare?ids=a,b. Each view renders into <main>
-// and may return a cleanup function, called when the route changes.
+// Hash router: #/jobs, #/new, #/jobs/<id>, #/compare?ids=a,b, #/workers. Each view renders into
+// <main> and may return a cleanup function, called when the route changes.
 
 import { errorBox, h } from "./dom.js";
 import { compareView } from "./views/compare.js";
 import { jobView } from "./views/job.js";
 import { jobsView } from "./views/jobs.js";
 import { newJobView } from "./views/new-job.js";
+import { workersView } from "./views/workers.js";
 import { currentRoute } from "./router.js";
 
 const ROUTES = [
@@ -14,6 +15,7 @@ const ROUTES = [
   [/^\/new\/?$/, "new", newJobView],
   [/^\/jobs\/([^/]+)\/?$/, "jobs", jobView],
   [/^\/compare\/?$/, "compare", compareView],
+  [/^\/workers\/?$/, "workers", workersView],
 ];
 
 let cleanup = null;

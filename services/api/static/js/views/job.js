@@ -15,8 +15,10 @@ import {
 import { LiveJob } from "../live.js";
 import { JobCharts } from "./job-charts.js";
 
-export function jobView(root, { params: [jobId] }) {
+export function jobView(root, { params: [jobId], query }) {
   const url = `${JOBS}/${encodeURIComponent(jobId)}`;
+  // `#/jobs/<id>?replay=1`: what `heimdall replay` re-emits, drawn from the start.
+  const replay = query?.get("replay") === "1";
   let job = null;
   let live = null;
   let stopped = false;
@@ -43,6 +45,16 @@ export function jobView(root, { params: [jobId] }) {
   );
   const actionError = h("div");
   const progress = h("div", { class: "progress-block" });
+  const queueInfo = h("p", { class: "queue-info muted", hidden: true });
+  const noData = h("p", { class: "no-data muted", hidden: true });
+  const replayNote = replay
+    ? h(
+        "p",
+        { class: "replay-note warning-box" },
+        "Replay: this page shows the events `heimdall replay` re-emits, from the start. ",
+        h("a", { href: `#/jobs/${jobId}` }, "Back to the recorded job"),
+      )
+    : "";
   const failure = h("div");
   const stats = h("dl", { class: "stats" });
   const artifacts = h("div", { class: "artifacts" });
@@ -64,9 +76,12 @@ export function jobView(root, { params: [jobId] }) {
         deleteButton,
       ),
       h("p", { class: "muted mono" }, jobId),
+      replayNote,
       actionError,
       progress,
+      queueInfo,
       failure,
+      noData,
       stats,
       artifacts,
     ),
@@ -98,6 +113,7 @@ export function jobView(root, { params: [jobId] }) {
     renderPauseButton();
     renderProgress();
     renderDetails();
+    renderNoData();
   }
 
   function renderProgress() {
@@ -109,6 +125,27 @@ export function jobView(root, { params: [jobId] }) {
     const left = eta();
     if (left != null) parts.push(`ETA ${duration(left)}`);
     progress.replaceChildren(progressBar(job.progress_percent, parts.join(" · ")));
+    renderQueue();
+  }
+
+  function renderQueue() {
+    const queued = job.status === "queued" && job.waiting_for;
+    queueInfo.hidden = !queued;
+    if (!queued) return;
+    const place = job.queue_position
+      ? `In the queue at position ${job.queue_position} of ${job.queue_length}; `
+      : "Queued; ";
+    queueInfo.dataset.queuePosition = job.queue_position ?? "";
+    queueInfo.textContent = `${place}waiting for ${job.waiting_for}.`;
+  }
+
+  /** A failed job with no epoch and no batch has nothing to chart: say so instead. */
+  function renderNoData() {
+    const empty = charts.epochs.size === 0 && charts.batch.x.length === 0;
+    const none = job?.status === "failed" && empty;
+    noData.hidden = !none;
+    noData.textContent = none ? "No data: the job failed before the first epoch." : "";
+    charts.element.hidden = none;
   }
 
   function renderDetails() {
@@ -125,7 +162,14 @@ export function jobView(root, { params: [jobId] }) {
           : "",
     );
     const m = job.metrics ?? {};
-    const item = (term, value) => [h("div", {}, h("dt", {}, term), h("dd", {}, value))];
+    // A failed job shows only what it has; a live one keeps every box (values are coming).
+    const failed = job.status === "failed";
+    const item = (term, value) =>
+      failed && value === "—" ? [] : [h("div", {}, h("dt", {}, term), h("dd", {}, value))];
+    const split =
+      job.train_samples == null || job.val_samples == null
+        ? ""
+        : ` · ${job.train_samples} train / ${job.val_samples} val`;
     stats.replaceChildren(
       ...item("train loss", num(m.train_loss ?? job.train_loss)),
       ...item("val loss", num(m.val_loss ?? job.val_loss)),
@@ -142,9 +186,7 @@ export function jobView(root, { params: [jobId] }) {
       ...item("model", job.model_architecture ?? "—"),
       ...item(
         "dataset",
-        job.dataset
-          ? `${job.dataset} · ${job.train_samples ?? "?"} train / ${job.val_samples ?? "?"} val`
-          : "—",
+        job.dataset ? `${job.dataset}${split}` : "—",
       ),
       ...item("created", when(job.created_at)),
       ...item("started", when(job.started_at)),
@@ -306,6 +348,10 @@ export function jobView(root, { params: [jobId] }) {
       api(`${url}/metrics?phase=train&points=1000`),
     ]);
     if (stopped) return;
+    if (replay) {
+      live = new LiveJob(jobId, { onMessage, onState: setConnection, path: "/ws/replay/" });
+      return;
+    }
     charts.addEpochs(epochRows.metrics);
     charts.fillBatches(batchRows.metrics, job.total_batches);
     renderStatus();

@@ -44,7 +44,7 @@ const GROUPS = [
 
 const HINTS = {
   model_architecture: "atto/femto/pico/nano train on a CPU in seconds",
-  pretrained: "ImageNet weights through timm; the job fails if they cannot be loaded",
+  pretrained: "ImageNet weights through timm; refused when no connected worker can load them",
   min_snr_db: "recordings below this SNR are left out",
   only_approved: "train only on approved recordings",
   seed: "empty: random; the same seed and config give the same metrics",
@@ -176,7 +176,45 @@ function value(el, schema) {
   return schema.nullable && el.value.trim() === "" ? null : el.value;
 }
 
-export function newJobView(root) {
+/** The CPU profile: what trains on any CPU in a minute (the README's first job). */
+const CPU_FIT = {
+  accelerator: "cpu",
+  model_architecture: "convnext_atto",
+  pretrained: false,
+  epochs: 5,
+  batch_size: 16,
+  num_workers: 0,
+  n_fft: 256,
+  hop_length: 64,
+  n_mels: 32,
+};
+
+/** Defaults the connected workers can run, and a sentence saying why: {overrides, note}. No
+ * worker connected: the seed's defaults (nothing is known about the machine yet). */
+export function fitDefaults(workers, schemas) {
+  if (!workers.length) {
+    return { overrides: {}, note: "No worker is connected: the form shows the seed's defaults." };
+  }
+  const gpus = Math.max(0, ...workers.map((w) => w.gpu_count ?? 0));
+  const overrides = gpus ? {} : { ...CPU_FIT };
+  const arch = overrides.model_architecture ?? schemas.model_architecture?.default;
+  const weights = workers.some(
+    (w) => w.gpu_count >= (gpus ? 1 : 0) && (w.hub_reachable || w.pretrained_cached?.[arch]),
+  );
+  if (!weights) overrides.pretrained = false;
+  const what = [`${workers.length} worker${workers.length > 1 ? "s" : ""}`];
+  what.push(gpus ? `up to ${gpus} GPU${gpus > 1 ? "s" : ""} each` : "CPU only");
+  if (!weights) what.push(`no ImageNet weights of ${arch}`);
+  const changed = Object.entries(overrides)
+    .filter(([name, v]) => schemas[name] && schemas[name].default !== v)
+    .map(([name, v]) => `${name} ${JSON.stringify(v)}`);
+  const note = changed.length
+    ? `Defaults fit the connected workers (${what.join(", ")}): ${changed.join(", ")}.`
+    : `The seed's defaults fit the connected workers (${what.join(", ")}).`;
+  return { overrides, note, changed: changed.length > 0 };
+}
+
+export function newJobView(root, { query } = {}) {
   const status = h("div");
   root.append(
     h(
@@ -187,17 +225,39 @@ export function newJobView(root) {
       h("p", { class: "muted" }, "Loading the configuration schema…"),
     ),
   );
-  build(root, status).catch((error) => status.replaceChildren(errorBox(error)));
+  const seed = query?.get("defaults") === "seed";
+  build(root, status, seed).catch((error) => status.replaceChildren(errorBox(error)));
 }
 
-async function build(root, status) {
-  const [openapi, datasets] = await Promise.all([
+async function build(root, status, seed) {
+  const [openapi, datasets, connected] = await Promise.all([
     api("/schema/openapi.json"),
     api("/api/v1/datasets").catch(() => ({ datasets: [] })),
+    api("/api/v1/workers").catch(() => ({ workers: [] })),
   ]);
   const props = openapi.components?.schemas?.TrainingConfig?.properties;
   if (!props) throw new Error("the API's schema has no TrainingConfig");
-  const schemas = Object.fromEntries(Object.entries(props).map(([k, v]) => [k, resolve(v)]));
+  const seedSchemas = Object.fromEntries(Object.entries(props).map(([k, v]) => [k, resolve(v)]));
+  const fit = fitDefaults(connected.workers, seedSchemas);
+  const schemas = Object.fromEntries(
+    Object.entries(seedSchemas).map(([k, v]) =>
+      seed || !(k in fit.overrides) ? [k, v] : [k, { ...v, default: fit.overrides[k] }],
+    ),
+  );
+  const defaultsNote = h(
+    "p",
+    { class: "defaults-note muted", dataset: { defaults: seed ? "seed" : "fit" } },
+    seed ? "The seed's defaults. " : `${fit.note} `,
+    seed
+      ? h("a", { href: "#/new" }, "Use defaults that fit the connected workers")
+      : fit.changed
+        ? h(
+            "a",
+            { href: "#/new?defaults=seed", dataset: { action: "seed-defaults" } },
+            "Use the seed's defaults",
+          )
+        : "",
+  );
   const grouped = new Set(GROUPS.flatMap(([, names]) => names));
   const other = Object.keys(schemas).filter((k) => !grouped.has(k));
   const groups = [...GROUPS, ...(other.length ? [["Other", other]] : [])];
@@ -237,7 +297,7 @@ async function build(root, status) {
 
   function rebuild() {
     root.replaceChildren();
-    newJobView(root);
+    newJobView(root, { query: new URLSearchParams(seed ? "defaults=seed" : "") });
   }
 
   function clearErrors() {
@@ -285,5 +345,7 @@ async function build(root, status) {
   });
 
   status.replaceChildren();
-  root.querySelector("section").replaceChildren(h("h1", {}, "New training job"), form);
+  root
+    .querySelector("section")
+    .replaceChildren(h("h1", {}, "New training job"), defaultsNote, form);
 }
