@@ -19,12 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support import wait_until
 from support.processes import Up, cli_env
 from support.worker import SMALL
 
@@ -43,18 +44,6 @@ def data_dir() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="heimdall-faults-"))
     yield root / "data"
     shutil.rmtree(root, ignore_errors=True)
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
-    """`check()` until truthy (returned), failing after `timeout` s naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
 
 
 def get(url: str, timeout: float = 10.0) -> httpx.Response | None:
@@ -115,9 +104,13 @@ def epochs_logged(up: Up, job_id: str) -> list[int]:
 
 
 def assert_completed_once(up: Up, job_id: str, epochs: int, timeout: float = 300) -> None:
-    done = poll(lambda: finished(up, job_id), timeout, "the job to finish", step=0.5)
+    done = wait_until(
+        lambda: finished(up, job_id), timeout=timeout, what="the job to finish", step=0.5
+    )
     assert done["status"] == "completed", (done["error_message"], up.output()[-3000:])
-    poll(lambda: len(epochs_logged(up, job_id)) >= epochs, 30, "every epoch in the log")
+    wait_until(
+        lambda: len(epochs_logged(up, job_id)) >= epochs, timeout=30, what="every epoch logged"
+    )
     assert epochs_logged(up, job_id) == list(range(1, epochs + 1))
     metrics = httpx.get(f"{up.base}{JOBS}/{job_id}/metrics", timeout=30).json()["metrics"]
     assert [m["epoch"] for m in metrics] == list(range(1, epochs + 1))
@@ -151,14 +144,14 @@ def test_kill_9_of_every_child_is_restarted_and_the_system_still_trains(data_dir
                                 assert "database" in resp.text.lower(), resp.text
                     return 503 not in codes or ready(up)
 
-                poll(back, 60, "the database outage to show and pass", step=0.02)
+                wait_until(back, timeout=60, what="the database outage to show and pass", step=0.02)
                 assert codes <= {200, 503} and 503 in codes, codes
-            poll(
+            wait_until(
                 lambda name=name, pid=pid: up.service_pid(name) not in (None, pid),  # type: ignore[misc]
-                60,
-                f"{name} to be restarted",
+                timeout=60,
+                what=f"{name} to be restarted",
             )
-            poll(lambda: ready(up), 60, f"ready again after {name}")
+            wait_until(lambda: ready(up), timeout=60, what=f"ready again after {name}")
             assert f"service={name}" in up.output()
         log = up.output()
         assert log.count("restarted") >= len(CHILDREN), log[-3000:]
@@ -187,7 +180,9 @@ def test_redis_stalls_past_the_lease_do_not_fail_a_healthy_job(data_dir: Path) -
                 assert now is None or now["status"] != "completed", "finished before the stall"
                 return int(now["current_epoch"]) if now and now["current_epoch"] > seen else 0
 
-            seen = poll(progressed, 240, f"an epoch before stall {stall}", step=0.2)
+            seen = wait_until(
+                progressed, timeout=240, what=f"an epoch before stall {stall}", step=0.2
+            )
             os.kill(valkey, signal.SIGSTOP)
             try:
                 stalled_at = time.monotonic()
@@ -205,7 +200,7 @@ def test_redis_stalls_past_the_lease_do_not_fail_a_healthy_job(data_dir: Path) -
                 time.sleep(max(0.0, 13.0 - (time.monotonic() - stalled_at)))
             finally:
                 os.kill(valkey, signal.SIGCONT)
-            poll(lambda: ready(up), 60, f"ready after stall {stall}")
+            wait_until(lambda: ready(up), timeout=60, what=f"ready after stall {stall}")
         assert_completed_once(up, job_id, epochs, timeout=400)
         assert "was lost" not in up.output()
     finally:
