@@ -296,11 +296,8 @@ class JobRunner:
                     return await self._cancel(job_id, run, watch)
                 raise LeaseLost(job_id)
             if time.monotonic() >= next_flag_check:
-                flag = await self._cancel_flag(job_id)
-                if flag is not None:
+                if await self._flags_say_cancel(job_id, watch):
                     return await self._cancel(job_id, run, watch)
-                if await self._client.exists(keys.pause_flag(job_id)):
-                    watch.pause_requested.set()
                 next_flag_check = time.monotonic() + FLAG_POLL_S
             try:
                 await asyncio.wait_for(watch.stop_requested.wait(), timeout=0.05)
@@ -323,6 +320,18 @@ class JobRunner:
         ok = all(code == 0 for code in codes) and (run.payload.spec.out_dir / BEST).exists()
         log.info("training process finished", exitcodes=codes)
         return "completed" if ok else "failed"
+
+    async def _flags_say_cancel(self, job_id: str, watch: Watch) -> bool:
+        """Re-read the job's cancel and pause flags (in case a command was missed). A Redis that
+        does not answer says nothing: training goes on, and the next check asks again."""
+        try:
+            if await self._cancel_flag(job_id) is not None:
+                return True
+            if await self._client.exists(keys.pause_flag(job_id)):
+                watch.pause_requested.set()
+        except (RedisError, OSError) as exc:
+            log.warning("cannot read the job's flags; training goes on", error=str(exc))
+        return False
 
     async def _cancel(self, job_id: str, run: TrainingRun, watch: Watch) -> str:
         started = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -61,6 +62,23 @@ async def wait_for(
                 f"timed out after {timeout} s waiting for {what} (last: {value!r})"
             )
         await asyncio.sleep(step)
+
+
+def wait_until(
+    check: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition", step: float = 0.1
+) -> Any:
+    """`wait_for` for tests without an event loop (driving subprocesses): poll the plain
+    callable `check` until it returns something truthy (returned), or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what} (last: {value!r})"
+            )
+        time.sleep(step)
 
 
 def synthetic_recordings(
@@ -156,4 +174,5 @@ __all__ = [
     "serve_api",
     "synthetic_recordings",
     "wait_for",
+    "wait_until",
 ]

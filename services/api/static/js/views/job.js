@@ -273,16 +273,12 @@ export function jobView(root, { params: [jobId], query }) {
     }
   }
 
-  async function refresh(tries = 10) {
+  async function refresh() {
     try {
+      // The API answers with the job as it stands (shared/job_state: the row plus what the
+      // recorder has not written yet), so a job the socket saw finish reads finished here too.
       const detail = await api(url);
       if (stopped) return;
-      if (isFinished(job?.status) && !isFinished(detail.job.status) && tries > 1) {
-        // The socket saw the end before the recorder wrote it: ask again shortly, and never
-        // show a finished job as running meanwhile.
-        setTimeout(() => refresh(tries - 1), 500);
-        return;
-      }
       job = { ...job, ...detail.job };
       charts.addEpochs(detail.recent_metrics ?? [], true);
       renderStatus();
