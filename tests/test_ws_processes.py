@@ -1,4 +1,5 @@
-"""Real uvicorn API processes: replicas behind one Redis, and slow clients."""
+"""Real API processes: replicas behind one Redis, slow clients, and `heimdall api --processes
+N --server uvicorn|granian` on one port."""
 
 from __future__ import annotations
 
@@ -6,15 +7,20 @@ import asyncio
 import secrets
 import socket
 import time
+from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 import redis.asyncio as aredis
 import websockets
+from support import wait_for
+from support.cli import heimdall, service_env
 from support.ws import api_processes, epoch_event, make_job, recv_all, recv_json, ws_url
 
 from shared.emit import AsyncEmitter
 from shared.events import BatchProgress, JobCompleted, JobStarted, JobWarning
+from shared.net import free_port
 from shared.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -99,3 +105,51 @@ async def test_stalled_client_is_cut_off_without_slowing_the_others(
                     await stalled.recv()
         assert stalled.close_code == 4408, stalled.close_code
         assert stalled.close_reason and "after=" in stalled.close_reason
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+async def test_heimdall_api_processes_on_one_port_push_and_resume(
+    settings: Settings,
+    db: asyncpg.Connection,
+    redis_client: aredis.Redis,
+    tmp_path: Path,
+    server: str,
+) -> None:
+    """`heimdall api --processes 2 --server S`: whichever process a client lands on, it gets
+    every event live, and a client resuming with `?after=` gets the rest with no gap."""
+    job = await make_job(db, epochs=2)
+    emitter = AsyncEmitter(redis_client)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = service_env(settings, HEIMDALL_PORT=str(port), HEIMDALL_LOG_LEVEL="WARNING")
+    log = tmp_path / "api.log"
+    args = ("api", "--processes", "2", "--server", server)
+    with heimdall(*args, env=env, log=log) as proc:
+
+        async def ready() -> bool:
+            assert proc.poll() is None, log.read_text()
+            async with httpx.AsyncClient() as http:
+                try:
+                    return (await http.get(f"{base}/ready", timeout=2)).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+        await wait_for(ready, timeout=60, what=f"heimdall api --server {server}")
+        clients = [await websockets.connect(ws_url(base, job)) for _ in range(6)]
+        for ws in clients:
+            assert (await recv_json(ws))["event"] == "connected"
+            await recv_json(ws)
+        tasks = [asyncio.create_task(recv_all(ws, timeout=30)) for ws in clients]
+        first = await emitter.emit(JobStarted(job_id=job, total_batches=2))
+        emitted = [first]
+        for epoch in (1, 2):
+            emitted.append(await emitter.emit(epoch_event(job, epoch, total=2)))
+        emitted.append(await emitter.emit(JobCompleted(job_id=job, epochs_run=2)))
+        results = await asyncio.gather(*tasks)
+        async with websockets.connect(ws_url(base, job, after=first)) as ws:
+            resumed = await recv_all(ws, timeout=30)
+    for messages in results:
+        ids = {m["event_id"] for m in messages if m.get("event_id")}
+        assert ids == set(emitted), messages[-1]
+    assert [m["event_id"] for m in resumed if m.get("event") == "epoch_completed"] == emitted[1:3]
+    assert resumed[-1]["status"] == "completed"
