@@ -32,8 +32,9 @@ async def api(settings: Settings) -> AsyncIterator[str]:
         yield base
 
 
-async def heimdall(settings: Settings, *args: str) -> str:
-    """`heimdall ARGS` as a subprocess, without blocking the API this loop serves."""
+async def run(settings: Settings, *args: str) -> tuple[int | None, bytes, bytes]:
+    """`heimdall ARGS` as a subprocess, without blocking the API this loop serves:
+    (exit status, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -42,11 +43,17 @@ async def heimdall(settings: Settings, *args: str) -> str:
         cwd=REPO,
         env=service_env(settings),
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, out.decode()
-    return out.decode()
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out, err
+
+
+async def heimdall(settings: Settings, *args: str) -> str:
+    """`heimdall ARGS`'s output (stdout, then stderr); it must succeed."""
+    code, out, err = await run(settings, *args)
+    assert code == 0, (out + err).decode()
+    return (out + err).decode()
 
 
 def test_help_names_the_tensorboard_extra() -> None:
@@ -188,18 +195,8 @@ async def test_jobs_submit_shows_the_refusal_and_queues_anyway_when_asked(
     cpu_only = WorkerInfo(id="cpu-box:7", host="cpu-box", pid=7, accelerators=["cpu"])
     await workers.announce(redis_client, cpu_only, ttl_s=30)
     args = ["jobs", "submit", "--name", "gpu", "--set", 'accelerator="gpu"', "--url", api]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli.main",
-        *args,
-        cwd=REPO,
-        env=service_env(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 1 and out == b""
+    code, out, err = await run(settings, *args)
+    assert code == 1 and out == b"", out
     assert err.decode().startswith("error 422: config.accelerator:"), err
     job_id = (await heimdall(settings, *args, "--queue-anyway")).strip()
     assert len(job_id) == 36
