@@ -36,7 +36,7 @@ from shared.storage import BlobStore
 
 log = structlog.get_logger(__name__)
 
-DOWNLOAD_THREADS = 16
+DOWNLOAD_THREADS = 8
 """Downloads in flight at once (recordings are small: round trips, not bandwidth, bound it)."""
 
 
