@@ -1,8 +1,14 @@
-"""Datasets and recordings in PostgreSQL; signal files under `<data dir>/datasets/<name>/`."""
+"""Datasets and recordings in PostgreSQL; signal files in the blob store under
+`datasets/<name>/` (with the default `file://` store: `<data dir>/datasets/<name>/`).
+
+A recording's `path` is its key in the store (`datasets/<name>/...`); rows written before the
+store existed hold an absolute local path, which still works where that file is."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +17,14 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from shared.dataset_names import dataset_dir, inside
-from shared.signals import read_signal
-from shared.synth import synth_dataset
+from shared.dataset_names import check_dataset_name, inside
+from shared.signals import content_digest, read_signal
+from shared.storage import BlobStore
+from shared.synth import SynthRecording, synth_dataset
 from shared.wavio import write_wav
+
+DATASETS = "datasets"
+"""The store's prefix for recordings: `datasets/<name>/...`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +37,8 @@ class Recording:
     sample_rate: int
     duration_s: float
     channels: int
+    sha256: str | None = None
+    """The content digest (`signals.content_digest`): what a cached copy is checked against."""
 
 
 async def ensure_dataset(conn: asyncpg.Connection, name: str, description: str = "") -> None:
@@ -47,7 +59,8 @@ def recording_id(dataset: str, name: str, digest: str) -> str:
 
 
 _COLUMNS = (
-    "id", "dataset", "path", "label", "snr_db", "approved", "sample_rate", "duration_s", "channels"
+    "id", "dataset", "path", "label", "snr_db", "approved", "sample_rate", "duration_s",
+    "channels", "sha256",
 )  # fmt: skip
 
 
@@ -74,6 +87,7 @@ async def add_recordings(conn: asyncpg.Connection, dataset: str, rows: list[Reco
                     r.sample_rate,
                     r.duration_s,
                     r.channels,
+                    r.sha256,
                 )
                 for r in rows
             ],
@@ -95,7 +109,7 @@ def synthetic_id(dataset: str, label: str, samples: np.ndarray) -> str:
 
 async def write_synthetic(
     conn: asyncpg.Connection,
-    datasets_dir: Path,
+    store: BlobStore,
     name: str,
     samples: int,
     *,
@@ -103,29 +117,39 @@ async def write_synthetic(
     duration_s: float = 0.5,
     sample_rate: int = 8000,
 ) -> int:
-    """Generate `samples` synthetic recordings: WAV files under the dataset's folder (never
-    outside it) plus their rows. IQ recordings are written as two-channel float32 WAV."""
-    folder = dataset_dir(datasets_dir, name)
+    """Generate `samples` synthetic recordings: WAV files in the store under the dataset's
+    prefix (written in place in a `file://` store, uploaded otherwise) plus their rows. IQ
+    recordings are written as two-channel float32 WAV."""
+    check_dataset_name(name)
     await ensure_dataset(conn, name, "synthetic RF recordings")
-    rows = []
-    for rec in synth_dataset(samples, seed=seed, duration_s=duration_s, sample_rate=sample_rate):
-        rid = synthetic_id(name, rec.label, rec.samples)
-        path = inside(folder, folder / rec.label / f"{rid}.wav")
-        iq = rec.samples.ndim == 2
-        write_wav(path, rec.samples, rec.sample_rate, subtype="FLOAT" if iq else "PCM_16")
-        rows.append(
-            Recording(
-                id=rid,
-                path=str(path),
-                label=rec.label,
-                snr_db=rec.snr_db,
-                approved=rec.approved,
-                sample_rate=rec.sample_rate,
-                duration_s=rec.samples.shape[0] / rec.sample_rate,
-                channels=2 if iq else 1,
-            )
+    generated = synth_dataset(samples, seed=seed, duration_s=duration_s, sample_rate=sample_rate)
+    with tempfile.TemporaryDirectory(prefix="heimdall-synth-") as scratch:
+        rows = await asyncio.to_thread(
+            lambda: [_synthetic_file(store, name, rec, Path(scratch)) for rec in generated]
         )
     return await add_recordings(conn, name, rows)
+
+
+def _synthetic_file(store: BlobStore, name: str, rec: SynthRecording, scratch: Path) -> Recording:
+    rid = synthetic_id(name, rec.label, rec.samples)
+    key = f"{DATASETS}/{name}/{rec.label}/{rid}.wav"
+    local = store.local_path(key)
+    path = inside(store.local_root, local) if store.local_root and local else scratch / "x.wav"
+    iq = rec.samples.ndim == 2
+    write_wav(path, rec.samples, rec.sample_rate, subtype="FLOAT" if iq else "PCM_16")
+    digest = content_digest(path)
+    store.put_file(key, path)
+    return Recording(
+        id=rid,
+        path=key,
+        label=rec.label,
+        snr_db=rec.snr_db,
+        approved=rec.approved,
+        sample_rate=rec.sample_rate,
+        duration_s=rec.samples.shape[0] / rec.sample_rate,
+        channels=2 if iq else 1,
+        sha256=digest,
+    )
 
 
 async def summarize(conn: asyncpg.Connection, name: str) -> dict[str, Any] | None:
@@ -185,7 +209,7 @@ async def select_recordings(
     Recordings without an SNR (imported without a manifest) count as clean and pass the SNR
     filter."""
     rows = await conn.fetch(
-        "SELECT id::text, path, label, snr_db, approved, sample_rate, duration_s, channels"
+        "SELECT id::text, path, label, snr_db, approved, sample_rate, duration_s, channels, sha256"
         " FROM recordings WHERE dataset=$1 AND (snr_db IS NULL OR snr_db >= $2)"
         " AND (approved OR NOT $3) ORDER BY label, id",
         dataset,

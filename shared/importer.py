@@ -140,8 +140,9 @@ def _recording(dataset: str, root: Path, path: Path, meta: ManifestRow | None) -
     if snr is None and path.name.lower().endswith(META_SUFFIX):
         snr = read_meta(path).snr_db
     approved = meta.approved if meta and meta.approved is not None else True
+    digest = content_digest(path)
     return Recording(
-        id=recording_id(dataset, rel, content_digest(path)),
+        id=recording_id(dataset, rel, digest),
         path=stored,
         label=label,
         snr_db=snr,
@@ -149,6 +150,7 @@ def _recording(dataset: str, root: Path, path: Path, meta: ManifestRow | None) -
         sample_rate=info.sample_rate,
         duration_s=info.duration_s,
         channels=info.channels,
+        sha256=digest,
     )
 
 

@@ -94,8 +94,39 @@ class Settings(EnvSettings):
     """A worker's record expires this long after its last refresh: a worker silent this long
     (killed, partitioned) is no longer listed nor counted when jobs are admitted."""
 
+    storage_url: str | None = None
+    """Where recordings, checkpoints and ONNX models are kept: `file:///abs/path` or
+    `s3://bucket/prefix` (any S3-compatible store). None: `file://` on the data dir, the
+    layout of one machine. With object storage, workers need no shared filesystem."""
+
+    aws_access_key_id: str | None = field(
+        default=None, repr=False, metadata={"env": "AWS_ACCESS_KEY_ID"}
+    )
+    """Object storage credentials (the standard AWS variable)."""
+
+    aws_secret_access_key: str | None = field(
+        default=None, repr=False, metadata={"env": "AWS_SECRET_ACCESS_KEY"}
+    )
+    """Object storage credentials (the standard AWS variable); a secret."""
+
+    aws_region: str | None = field(default=None, metadata={"env": "AWS_REGION"})
+    """Object storage region (the standard AWS variable)."""
+
+    aws_endpoint_url: str | None = field(
+        default=None, repr=False, metadata={"env": "AWS_ENDPOINT_URL"}
+    )
+    """Endpoint of an S3-compatible store other than AWS (MinIO, Ceph, R2): `http://minio:9000`."""
+
+    cache_max_bytes: Annotated[int, Meta(ge=0)] = 20 * 1024**3
+    """With object storage, a worker keeps the recordings of the datasets it trained on under
+    `<data dir>/cache`, up to this many bytes; the least recently used datasets go first."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.storage_url is not None:
+            from shared.storage import check_storage_url
+
+            check_storage_url(self.storage_url)
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given fields replaced; `None` values are ignored (flag not given)."""
@@ -113,3 +144,8 @@ class Settings(EnvSettings):
     def datasets_dir(self) -> Path:
         """Where recordings' signal files live, one folder per dataset."""
         return self.data_dir / "datasets"
+
+    @property
+    def cache_dir(self) -> Path:
+        """This machine's copies of recordings kept in object storage."""
+        return self.data_dir / "cache"

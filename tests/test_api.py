@@ -21,6 +21,7 @@ from shared.emit import AsyncEmitter
 from shared.events import EpochCompleted, JobStarted
 from shared.jobs import utcnow
 from shared.settings import Settings
+from shared.storage import open_store
 
 JOBS = "/api/v1/training/jobs"
 
@@ -397,7 +398,7 @@ async def test_artifact_download_stays_inside_job_dir(
 async def test_datasets_summary(
     client: AsyncTestClient[Any], settings: Settings, db: asyncpg.Connection
 ) -> None:
-    await write_synthetic(db, settings.datasets_dir, "rf", 28, seed=1, duration_s=0.1)
+    await write_synthetic(db, open_store(settings), "rf", 28, seed=1, duration_s=0.1)
     listing = (await client.get("/api/v1/datasets")).json()
     assert [d["name"] for d in listing["datasets"]] == ["rf"]
     one = (await client.get("/api/v1/datasets/rf")).json()

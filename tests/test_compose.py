@@ -105,3 +105,18 @@ def test_worker_reserves_a_gpu_and_the_cpu_override_removes_it() -> None:
 def test_secrets_stay_out_of_repr(secret: str) -> None:
     settings = dataclasses.replace(Settings(), **{secret: "postgresql://u:hunter2@h/db"})
     assert "hunter2" not in repr(settings)
+
+
+def test_every_service_points_at_the_object_store() -> None:
+    compose = _compose()
+    services = compose["services"]
+    assert "healthcheck" in services["minio"]
+    for name, service in _heimdall_services(compose).items():
+        env = service["environment"]
+        settings = Settings.from_env({k: str(v) for k, v in env.items()})
+        assert settings.storage_url == "s3://heimdall/", name
+        endpoint = env["AWS_ENDPOINT_URL"]
+        assert endpoint.split("//")[1].split(":")[0] in services, (name, endpoint)
+        assert service["depends_on"]["minio-bucket"]["condition"] == (
+            "service_completed_successfully"
+        )

@@ -34,6 +34,7 @@ from shared.datasets import write_synthetic
 from shared.emit import AsyncEmitter
 from shared.events import JobCompleted, JobFailed
 from shared.settings import Settings
+from shared.storage import open_store
 
 playwright_api = pytest.importorskip(
     "playwright.async_api",
@@ -347,7 +348,7 @@ async def test_screenshots(
     HEIMDALL_SCREENSHOTS=1 (otherwise into a temporary dir, to check they render)."""
     out = REPO / "docs" / "screenshots" if os.environ.get("HEIMDALL_SCREENSHOTS") else tmp_path
     out.mkdir(parents=True, exist_ok=True)
-    await write_synthetic(db, settings.datasets_dir, "default", 140, seed=7, duration_s=0.05)
+    await write_synthetic(db, open_store(settings), "default", 140, seed=7, duration_s=0.05)
     done = await create_job(http, "atto · lr 3e-3 · cosine", epochs=30, learning_rate=3e-3)
     await train(emitter, done, range(1, 31), total=30, batches=12, seed=3, complete=True)
     running = await create_job(

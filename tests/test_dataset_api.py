@@ -22,6 +22,7 @@ from shared.config import TrainingConfig
 from shared.datasets import add_recordings, ensure_dataset, select_recordings, write_synthetic
 from shared.importer import scan_import_dir
 from shared.settings import Settings
+from shared.storage import open_store
 
 JOBS = "/api/v1/training/jobs"
 
@@ -35,7 +36,7 @@ async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
 async def test_dataset_names_are_checked_by_the_one_rule(
     client: AsyncTestClient[Any], settings: Settings, db: asyncpg.Connection
 ) -> None:
-    await write_synthetic(db, settings.datasets_dir, "rf", 14, seed=1, duration_s=0.1)
+    await write_synthetic(db, open_store(settings), "rf", 14, seed=1, duration_s=0.1)
     assert (await client.get("/api/v1/datasets/rf")).status_code == 200
     for name in (".hidden", "-rf", "x%20y", "%2E%2E", "a'b"):
         resp = await client.get(f"/api/v1/datasets/{name}")
@@ -67,7 +68,7 @@ async def test_summary_has_rates_channels_and_durations(
 async def test_a_split_that_leaves_no_validation_is_rejected_when_the_dataset_is_known(
     client: AsyncTestClient[Any], settings: Settings, db: asyncpg.Connection
 ) -> None:
-    await write_synthetic(db, settings.datasets_dir, "rf", 14, seed=1, duration_s=0.1)
+    await write_synthetic(db, open_store(settings), "rf", 14, seed=1, duration_s=0.1)
     base = {**TINY, "dataset": "rf"}
     for split in (1e-320, 0.01):
         resp = await client.post(

@@ -27,6 +27,7 @@ from shared.events import (
     JobStarted,
 )
 from shared.settings import Settings
+from shared.storage import open_store
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,7 +45,7 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 async def system(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[AsyncTestClient[Any]]:
-    await write_synthetic(db, settings.datasets_dir, "synth", 84, seed=1, duration_s=0.25)
+    await write_synthetic(db, open_store(settings), "synth", 84, seed=1, duration_s=0.25)
     async with running_system(settings) as client:
         yield client
 

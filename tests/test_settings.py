@@ -38,8 +38,14 @@ def _plain(hint: Any) -> Any:
     return args[0] if typing.get_origin(hint) in (typing.Union, type(int | None)) else hint
 
 
-def _unlike(hint: Any, default: Any) -> tuple[str, Any]:
+FORMED = {"storage_url": "s3://bucket/prefix"}
+"""Text fields whose value has a form of its own (checked when the settings load)."""
+
+
+def _unlike(hint: Any, default: Any, name: str = "") -> tuple[str, Any]:
     """A variable's text that differs from the default, and the value it must give."""
+    if name in FORMED:
+        return FORMED[name], FORMED[name]
     kind = _plain(hint)
     if kind is bool:
         return ("no", False) if default else ("yes", True)
@@ -65,7 +71,7 @@ def _unlike(hint: Any, default: Any) -> tuple[str, Any]:
 def test_every_field_is_read_from_its_variable(
     cls: type[Any], name: str, hint: Any, default: Any
 ) -> None:
-    text, expected = _unlike(hint, default)
+    text, expected = _unlike(hint, default, name)
     loaded = cls.from_env({variables(cls)[name]: text})
     assert getattr(loaded, name) == expected
     assert loaded == dataclasses.replace(cls(), **{name: expected})
@@ -89,6 +95,13 @@ def test_unset_and_empty_variables_keep_the_defaults() -> None:
     for cls in CLASSES:
         assert cls.from_env({}) == cls()
         assert cls.from_env(dict.fromkeys(variables(cls).values(), "  ")) == cls()
+
+
+def test_a_malformed_storage_url_names_the_variable() -> None:
+    for bad in ("ftp://host/x", "file://relative", "s3://", "bucket/prefix"):
+        with pytest.raises(ConfigurationError, match="HEIMDALL_STORAGE_URL"):
+            Settings.from_env({"HEIMDALL_STORAGE_URL": bad})
+    assert Settings.from_env({"HEIMDALL_STORAGE_URL": "file:///srv/blobs"}).storage_url
 
 
 @pytest.mark.parametrize("word", ["1", "true", "YES", "On"])

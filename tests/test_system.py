@@ -19,6 +19,7 @@ from services.tracking import TrackingSettings
 from shared import keys
 from shared.datasets import write_synthetic
 from shared.settings import Settings
+from shared.storage import open_store
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,7 +49,7 @@ def mlflow_uri(settings: Settings) -> str:
 async def system(
     settings: Settings, db: asyncpg.Connection, mlflow_uri: str
 ) -> AsyncIterator[AsyncTestClient[Any]]:
-    await write_synthetic(db, settings.datasets_dir, "sys", 70, seed=2, duration_s=0.25)
+    await write_synthetic(db, open_store(settings), "sys", 70, seed=2, duration_s=0.25)
     async with running_system(settings, TrackingSettings(mlflow_uri=mlflow_uri)) as client:
         yield client
 

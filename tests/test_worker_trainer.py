@@ -37,6 +37,7 @@ from shared.config import TrainingConfig
 from shared.datasets import Recording, write_synthetic
 from shared.events import BatchProgress, EpochCompleted, Event, JobStarted
 from shared.settings import Settings
+from shared.storage import open_store
 
 BASE: dict[str, Any] = {**TINY, "epochs": 2, "seed": 11}
 
@@ -101,8 +102,8 @@ def test_validation_split_is_stratified_and_seeded(recordings: list[Recording]) 
 async def test_dataset_and_filters_select_the_recordings(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    await write_synthetic(db, settings.datasets_dir, "one", 60, seed=2, duration_s=0.1)
-    await write_synthetic(db, settings.datasets_dir, "two", 20, seed=3, duration_s=0.1)
+    await write_synthetic(db, open_store(settings), "one", 60, seed=2, duration_s=0.1)
+    await write_synthetic(db, open_store(settings), "two", 20, seed=3, duration_s=0.1)
     everything = await job_recordings(db, config(dataset="one"))
     assert len(everything) == 60
     assert len(await job_recordings(db, config(dataset="two"))) == 20

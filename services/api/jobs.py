@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any
 
 import msgspec
@@ -14,7 +14,7 @@ from arq.constants import in_progress_key_prefix as IN_PROGRESS_PREFIX
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
-from litestar.response import File
+from litestar.response import Stream
 from msgspec import Meta
 from redis.exceptions import RedisError
 
@@ -43,6 +43,8 @@ from shared.events import (
 from shared.ids import InvalidJobId, canonical_job_id
 from shared.jobs import fetch_job, insert_job
 from shared.status import TERMINAL, JobStatus
+from shared.storage import check_key
+from shared.storage import job_key as object_key
 
 log = structlog.get_logger(__name__)
 
@@ -214,6 +216,7 @@ class JobsController(Controller):
         await forget(res.redis, job_id)
         await store.delete_job(res.db, job_id)
         _remove_artifacts(res.settings.artifacts_dir, job_id)
+        await asyncio.to_thread(res.blobs.delete_prefix, object_key(job_id))
         await asyncio.to_thread(delete_tracking, res.settings, job_id)
         log.info("job deleted", job_id=job_id)
 
@@ -317,7 +320,7 @@ class JobsController(Controller):
         return Response(body, media_type="application/json")
 
     @get("/{job_id:str}/artifacts/{kind:str}", summary="Download the checkpoint or ONNX model")
-    async def artifact(self, job_id: FromPath[str], kind: FromPath[str], state: State) -> File:
+    async def artifact(self, job_id: FromPath[str], kind: FromPath[str], state: State) -> Stream:
         res = _res(state)
         job_id, row = await _job_or_404(res, job_id)
         column = ARTIFACT_COLUMNS.get(kind)
@@ -326,12 +329,21 @@ class JobsController(Controller):
         stored = (await _now(res, row))[column]
         if not stored:
             raise NotFound(f"job {job_id} has no {kind} yet")
-        path = _inside_job_dir(res.settings.artifacts_dir, job_id, stored)
-        if path is None or not path.is_file():
-            raise NotFound(f"the {kind} file of job {job_id} is missing")
+        # The worker stores each artifact under the job's prefix by its file name.
+        name = PurePath(stored).name
+        try:
+            key = object_key(job_id, check_key(name))
+            size = await res.blobs.size_async(key)
+        except (ValueError, NotFound):
+            raise NotFound(f"the {kind} file of job {job_id} is missing") from None
         # Guessed from the suffix, `.pt` would go out as a SNES page table.
-        return File(
-            path=path, filename=f"{job_id}-{path.name}", media_type="application/octet-stream"
+        return Stream(
+            res.blobs.stream_async(key),
+            media_type="application/octet-stream",
+            headers={
+                "Content-Length": str(size),
+                "Content-Disposition": f'attachment; filename="{job_id}-{name}"',
+            },
         )
 
 
@@ -340,14 +352,6 @@ ARTIFACT_COLUMNS = {"checkpoint": "checkpoint_path", "onnx": "onnx_model_path"}
 
 def _job_dir(artifacts_dir: Path, job_id: str) -> Path:
     return (artifacts_dir / canonical_job_id(job_id)).resolve()
-
-
-def _inside_job_dir(artifacts_dir: Path, job_id: str, stored: str) -> Path | None:
-    """The stored path, only if it lies inside the job's own directory."""
-    root = _job_dir(artifacts_dir, job_id)
-    path = Path(stored)
-    path = (path if path.is_absolute() else root / path).resolve()
-    return path if path.is_relative_to(root) else None
 
 
 def _remove_artifacts(artifacts_dir: Path, job_id: str) -> None:

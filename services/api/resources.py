@@ -19,6 +19,7 @@ from shared.db import migrate
 from shared.emit import AsyncEmitter
 from shared.redis_clients import arq_client
 from shared.settings import Settings
+from shared.storage import BlobStore, open_store
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Resources:
     emitter: AsyncEmitter
     hub: LiveHub
     """The process's one pub/sub connection, shared by every WebSocket (see live_hub)."""
+    blobs: BlobStore
+    """Where checkpoints and ONNX models are (downloads stream from it; deletes empty it)."""
     metrics_cache: ResponseCache = field(default_factory=ResponseCache)
     """Encoded metrics responses, keyed by the job's last event id (see services/api/cache)."""
 
@@ -57,6 +60,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             redis=redis,
             emitter=AsyncEmitter(redis, settings.job_stream_maxlen),
             hub=hub,
+            blobs=open_store(settings),
         )
 
 

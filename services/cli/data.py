@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from services.cli.options import DataDir, load_settings
+from shared.errors import HeimdallError
 from shared.settings import Settings
 
 data_app = typer.Typer(help="Datasets: synthetic and imported recordings.", no_args_is_help=True)
@@ -28,6 +29,7 @@ def data_synth(
     from services.cli.embedded import embedded_stores
     from shared.datasets import write_synthetic
     from shared.db import connect, migrate
+    from shared.storage import open_store
 
     _checked_name(dataset)
 
@@ -37,7 +39,7 @@ def data_synth(
         try:
             await migrate(conn)
             return await write_synthetic(
-                conn, settings.datasets_dir, dataset, samples, seed=seed, duration_s=duration
+                conn, open_store(settings), dataset, samples, seed=seed, duration_s=duration
             )
         finally:
             await conn.close()
@@ -73,6 +75,8 @@ def data_import(
     from shared.datasets import add_recordings, ensure_dataset
     from shared.db import connect, migrate
     from shared.importer import scan_import_dir
+    from shared.recording_files import upload_recordings
+    from shared.storage import open_store
 
     name = _checked_name(dataset)
     try:
@@ -96,17 +100,25 @@ def data_import(
 
     async def run(settings: Settings) -> int:
         assert settings.database_url
+        # The files first: a row never names an object that is not there.
+        stored = await asyncio.to_thread(
+            upload_recordings, open_store(settings), name, scan.recordings
+        )
         conn = await connect(settings.database_url)
         try:
             await migrate(conn)
             async with conn.transaction():
                 await ensure_dataset(conn, name, f"imported from {directory}")
-                return await add_recordings(conn, name, scan.recordings)
+                return await add_recordings(conn, name, stored)
         finally:
             await conn.close()
 
     with embedded_stores(load_settings(data_dir=data_dir)) as settings:
-        added = asyncio.run(run(settings))
+        try:
+            added = asyncio.run(run(settings))
+        except HeimdallError as exc:
+            typer.echo(f"error: {exc.detail}; nothing imported", err=True)
+            raise typer.Exit(1) from None
     skipped = f", skipped {len(scan.bad)} bad" if scan.bad else ""
     again = f" ({good - added} already there)" if added < good else ""
     typer.echo(f"imported {added} recordings into {name!r}{again}{skipped}")

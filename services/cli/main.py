@@ -43,6 +43,7 @@ def _terminate_on_sigterm() -> None:
 async def _prepare_database(settings: Settings, demo: bool) -> None:
     from shared.datasets import list_names, write_synthetic
     from shared.db import connect, migrate, wait_for_database
+    from shared.storage import open_store
 
     assert settings.database_url
     await wait_for_database(settings.database_url)
@@ -50,7 +51,7 @@ async def _prepare_database(settings: Settings, demo: bool) -> None:
     try:
         await migrate(conn)
         if demo and "default" not in await list_names(conn):
-            count = await write_synthetic(conn, settings.datasets_dir, "default", 350, seed=0)
+            count = await write_synthetic(conn, open_store(settings), "default", 350, seed=0)
             typer.echo(f"demo: wrote {count} synthetic recordings to dataset 'default'")
     finally:
         await conn.close()

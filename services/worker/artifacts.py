@@ -1,5 +1,5 @@
 """A job's artifacts: writing its checkpoints (what they hold is `state.py`), exporting the best
-epoch to ONNX."""
+epoch to ONNX; each pushed to the blob store before it is reported."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from services.worker.artifact_sync import push
 from services.worker.checkpoint import BEST, LAST, ONNX, load_checkpoint, save_checkpoint
 from services.worker.data import SignalFormat, WaveformDataset
 from services.worker.onnx_export import export_onnx
@@ -24,6 +25,7 @@ def save_epoch(run: Run, sink: EventSink, epoch: int, is_best: bool) -> None:
     kinds = [("last", LAST)] + ([("best", BEST)] if is_best else [])
     for kind, name in kinds:
         path = save_checkpoint(run.spec.out_dir / name, state)
+        push(run.spec.storage, run.spec.job_id, path)
         sink.emit(CheckpointSaved(job_id=run.spec.job_id, epoch=epoch, path=str(path), kind=kind))
 
 
@@ -31,6 +33,7 @@ def save_hold(run: Run, sink: EventSink, epoch: int, partial: Partial) -> Path:
     """resume.pt at a batch boundary of `epoch` (1-based) after `partial.batches` batches."""
     state = capture(run, Position(epoch, partial.batches, partial))
     path = save_checkpoint(run.spec.out_dir / RESUME, state)
+    push(run.spec.storage, run.spec.job_id, path)
     saved = CheckpointSaved(job_id=run.spec.job_id, epoch=epoch - 1, path=str(path), kind="pause")
     sink.emit(saved)
     return path
@@ -52,4 +55,5 @@ def export_best(run: Run) -> tuple[str, float]:
     network.load_state_dict(best["model"])
     path = run.spec.out_dir / ONNX
     diff = export_onnx(run.features, network, parity_sample(run), path, run.split.classes)
+    push(run.spec.storage, run.spec.job_id, path)
     return str(path), diff

@@ -35,3 +35,7 @@ class TrainingCancelled(Exception):
 
 class InitCheckpointError(WorkerError):
     """`init_from_job` names a job whose best checkpoint is missing or does not fit."""
+
+
+class StorageError(WorkerError):
+    """The blob store could not give the job its recordings or checkpoints."""

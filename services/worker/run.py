@@ -42,6 +42,7 @@ from services.worker.progress import StopSignal
 from services.worker.split import Split, stratified_split
 from shared.config import TrainingConfig
 from shared.datasets import Recording
+from shared.storage import StorageConfig
 
 Batches = DataLoader[tuple[torch.Tensor, int]]
 
@@ -68,6 +69,9 @@ class TrainSpec:
     threads: int = 0
     """Torch threads of the training process (set by its owner, see `process.py`), shared by
     its loader workers; 0: torch's default."""
+    storage: StorageConfig | None = None
+    """The blob store each checkpoint and the ONNX model are pushed to as they are written
+    (see `artifact_sync.py`); None: they stay in `out_dir`."""
 
 
 @dataclass

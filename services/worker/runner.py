@@ -33,10 +33,14 @@ from services.worker.listener import CommandListener, Watch
 from services.worker.preempt import Preempt
 from services.worker.process import Payload, TrainingRun
 from services.worker.run import TrainSpec
+from services.worker.staging import Staging
 from shared import job_state, keys
 from shared.commands import DeleteJob
+from shared.config import TrainingConfig
+from shared.datasets import Recording
 from shared.deletion import is_deleted
 from shared.emit import AsyncEmitter
+from shared.errors import HeimdallError
 from shared.events import (
     BatchProgress,
     EpochCompleted,
@@ -93,6 +97,7 @@ class JobRunner:
         self._listener = listener
         self._emitter = AsyncEmitter(client, settings.job_stream_maxlen, retry_s=EMIT_RETRY_S)
         self._trackers = trackers
+        self._staging = Staging(settings)
         self.name = worker_name()
         self.running: set[str] = set()
         """Ids of the jobs this worker has taken and not yet let go (its heartbeat says)."""
@@ -187,14 +192,37 @@ class JobRunner:
                 recordings = await job_recordings(conn, config)
                 check_recordings(recordings, config)
             except WorkerError as exc:
-                log.warning("job cannot run", error=str(exc))
-                await self._emit(JobFailed(job_id=job_id, error_message=str(exc)))
-                return "failed"
+                return await self._cannot_run(job_id, exc)
+        out_dir = self.settings.artifacts_dir / job_id
+        with self._staging.holding(config):
+            try:
+                recordings = await self._staging.stage(job_id, config, recordings, out_dir)
+            except WorkerError as exc:
+                return await self._cannot_run(job_id, exc)
+            return await self._train(job_id, attempt, watch, lease, lost, config, recordings, tail)
+
+    async def _cannot_run(self, job_id: str, exc: WorkerError) -> str:
+        log.warning("job cannot run", error=str(exc))
+        await self._emit(JobFailed(job_id=job_id, error_message=str(exc)))
+        return "failed"
+
+    async def _train(
+        self,
+        job_id: str,
+        attempt: int,
+        watch: Watch,
+        lease: Lease,
+        lost: asyncio.Event,
+        config: TrainingConfig,
+        recordings: list[Recording],
+        tail: StreamTail,
+    ) -> str:
         spec = TrainSpec(
             job_id=job_id,
             config=config,
             recordings=recordings,
             out_dir=self.settings.artifacts_dir / job_id,
+            storage=self._staging.storage,
             worker=self.name,
             attempt=attempt,
             progress_interval_s=self.settings.progress_interval_s,
@@ -354,8 +382,14 @@ class JobRunner:
     def _remove_artifacts(self, job_id: str) -> None:
         path = self.settings.artifacts_dir / job_id
         shutil.rmtree(path, ignore_errors=True)
+        try:
+            objects = self._staging.remove(job_id)
+        except HeimdallError as exc:
+            # The API's delete removes them too; a store down now leaves them to it.
+            log.warning("stored artifacts not removed", error=exc.detail)
+            objects = 0
         delete_tracking(self.settings, job_id)
-        log.info("artifacts removed", path=str(path))
+        log.info("artifacts removed", path=str(path), objects=objects)
 
 
 class StreamTail:

@@ -16,6 +16,7 @@ import structlog
 import torch
 
 from services.worker import ddp, state
+from services.worker.artifact_sync import drop
 from services.worker.artifacts import export_best, save_hold
 from services.worker.checkpoint import BEST
 from services.worker.ddp import SINGLE, DistInfo
@@ -166,6 +167,7 @@ def _finish(run: Run, last: int, stop: StopSignal) -> JobCompleted:
         onnx_path, onnx_diff = export_best(run)
     if info.is_main:
         (spec.out_dir / RESUME).unlink(missing_ok=True)
+        drop(spec.storage, spec.job_id, RESUME)
     return JobCompleted(
         job_id=spec.job_id,
         epochs_run=last,

@@ -108,6 +108,9 @@ CREATE TABLE IF NOT EXISTS recordings (
 );
 
 CREATE INDEX IF NOT EXISTS recordings_dataset_idx ON recordings (dataset, label);
+-- SHA-256 of the recording's bytes (SigMF: metadata then data), so a worker's cached copy of
+-- an object in storage is checked against what was imported. NULL on rows older than it.
+ALTER TABLE recordings ADD COLUMN IF NOT EXISTS sha256 TEXT;
 
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY,

@@ -24,6 +24,7 @@ from shared.datasets import write_synthetic
 from shared.events import AnyEvent, decode_event
 from shared.jobs import insert_job
 from shared.settings import Settings
+from shared.storage import open_store
 from support import TINY
 from support.cli import REPO, service_env
 from support.processes import Tree
@@ -59,7 +60,7 @@ async def submit(settings: Settings, db: asyncpg.Connection, config: TrainingCon
 
 async def synth_dataset(settings: Settings, db: asyncpg.Connection) -> str:
     """The `synth` dataset: 84 synthetic recordings of 0.25 s."""
-    await write_synthetic(db, settings.datasets_dir, "synth", 84, seed=1, duration_s=0.25)
+    await write_synthetic(db, open_store(settings), "synth", 84, seed=1, duration_s=0.25)
     return "synth"
 
 
