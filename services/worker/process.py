@@ -285,7 +285,9 @@ class TrainingRun:
     def close(self) -> None:
         """Release the process handles (all processes must have exited)."""
         for proc in self.processes:
-            if proc.is_alive():
+            if proc.pid is None:
+                pass  # never started (the start was cancelled part-way): nothing to join
+            elif proc.is_alive():
                 proc.kill()
                 proc.join(5)
             else:
