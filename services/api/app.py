@@ -13,6 +13,7 @@ from services.api.auth import token_guard
 from services.api.dashboard import dashboard_routes
 from services.api.datasets import DatasetsController
 from services.api.errors import EXCEPTION_HANDLERS
+from services.api.evaluation import EvaluationController
 from services.api.health import health, ready
 from services.api.inputs import check_request
 from services.api.jobs import JobsController
@@ -26,6 +27,7 @@ def create_app(settings: Settings) -> Litestar:
     """The API for these settings; store URLs must be resolved (see services.cli.embedded)."""
     handlers: list[Any] = [
         JobsController,
+        EvaluationController,
         DatasetsController,
         health,
         ready,

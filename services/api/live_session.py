@@ -27,7 +27,13 @@ from services.api.resources import Resources
 from shared import live_state
 from shared.errors import InvalidInput
 from shared.event_log import StoredEvent, events_after
-from shared.events import EpochCompleted, JobWarning, decode_event, parse_event_id
+from shared.events import (
+    EpochCompleted,
+    EvaluationCompleted,
+    JobWarning,
+    decode_event,
+    parse_event_id,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +105,13 @@ class Feed:
                 await self.sender.send(text)
             case JobWarning():
                 await self.sender.send(msg.warning(event, item.event_id))
+                self.sent_id = item.event_id
+                return
+            case EvaluationCompleted():
+                text = item.memo.get("evaluation") or item.memo.setdefault(
+                    "evaluation", msg.evaluation(event, item.event_id)
+                )
+                await self.sender.send(text)
                 self.sent_id = item.event_id
                 return
         await self.send_status(item.memo)
