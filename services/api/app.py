@@ -18,6 +18,7 @@ from services.api.health import health, ready
 from services.api.inputs import check_request
 from services.api.jobs import JobsController
 from services.api.observability import PROMETHEUS, metrics
+from services.api.predict import ModelCache, predict_route
 from services.api.resources import lifespan
 from services.api.ws import ws_routes
 from shared.settings import Settings
@@ -28,6 +29,7 @@ def create_app(settings: Settings) -> Litestar:
     handlers: list[Any] = [
         JobsController,
         EvaluationController,
+        predict_route(settings, ModelCache()),
         DatasetsController,
         health,
         ready,

@@ -54,7 +54,7 @@ async def evaluation_of(
         test = await conn.fetchrow(SPLIT_SQL, job, "test", None)
         epochs = list(await conn.fetchval(EPOCHS_SQL, job))
     splits = {name: split_view(row) for name, row in (("val", val), ("test", test)) if row}
-    classes = next((row["classes"] for row in (val, test) if row), [])
+    classes: list[str] = next((row["classes"] for row in (val, test) if row), [])
     return classes, splits, epochs
 
 
