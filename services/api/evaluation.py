@@ -25,8 +25,8 @@ SPLIT_SQL = (
     " AND ($3::int4 IS NULL OR epoch = $3) ORDER BY epoch DESC LIMIT 1"
 )
 EPOCHS_SQL = (
-    "SELECT coalesce(array_agg(epoch ORDER BY epoch), '{}') FROM training_evaluations"
-    " WHERE training_job_id = $1 AND phase = 'val'"
+    "SELECT epoch, macro_f1 FROM training_evaluations WHERE training_job_id = $1"
+    " AND phase = 'val' ORDER BY epoch"
 )
 
 
@@ -46,13 +46,13 @@ def split_view(row: asyncpg.Record) -> dict[str, Any]:
 
 async def evaluation_of(
     conn: asyncpg.Connection, job_id: str, epoch: int | None
-) -> tuple[list[str], dict[str, Any], list[int]]:
-    """(classes, splits, the epochs with a validation evaluation) of a job."""
+) -> tuple[list[str], dict[str, Any], list[asyncpg.Record]]:
+    """(classes, splits, (epoch, macro_f1) of every validation evaluation) of a job."""
     job = uuid.UUID(job_id)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         val = await conn.fetchrow(SPLIT_SQL, job, "val", epoch)
         test = await conn.fetchrow(SPLIT_SQL, job, "test", None)
-        epochs = list(await conn.fetchval(EPOCHS_SQL, job))
+        epochs = await conn.fetch(EPOCHS_SQL, job)
     splits = {name: split_view(row) for name, row in (("val", val), ("test", test)) if row}
     classes: list[str] = next((row["classes"] for row in (val, test) if row), [])
     return classes, splits, epochs
@@ -74,7 +74,8 @@ class EvaluationController(Controller):
     ) -> dict[str, Any]:
         """`splits.val` is the latest epoch's validation (or `epoch`'s), `splits.test` the
         test set's, evaluated once with the best epoch's weights (absent when `test_split` is
-        0). `val_epochs` lists the epochs that have a validation evaluation."""
+        0). `val_epochs` lists the epochs that have a validation evaluation, `val_macro_f1` their
+        macro-F1 (for charts)."""
         res = _res(state)
         job_id, row = await _job_or_404(res, job_id)
         now = await _now(res, row)
@@ -89,7 +90,8 @@ class EvaluationController(Controller):
             "job_id": job_id,
             "classes": classes,
             "splits": splits,
-            "val_epochs": epochs,
+            "val_epochs": [r["epoch"] for r in epochs],
+            "val_macro_f1": [r["macro_f1"] for r in epochs],
             "best": {
                 "epoch": now.get("best_epoch"),
                 "monitor": now.get("monitor"),

@@ -14,6 +14,7 @@ import {
 } from "../dom.js";
 import { LiveJob } from "../live.js";
 import { JobCharts } from "./job-charts.js";
+import { JobEvaluation } from "./job-eval.js";
 
 export function jobView(root, { params: [jobId] }) {
   const url = `${JOBS}/${encodeURIComponent(jobId)}`;
@@ -21,6 +22,7 @@ export function jobView(root, { params: [jobId] }) {
   let live = null;
   let stopped = false;
   const charts = new JobCharts();
+  const evaluation = new JobEvaluation(url);
 
   const title = h("h1", {}, "Job");
   const statusSlot = h("span");
@@ -71,6 +73,7 @@ export function jobView(root, { params: [jobId] }) {
       artifacts,
     ),
     charts.element,
+    evaluation.element,
     h("section", { class: "panel" }, h("h2", {}, "Configuration"), configBox),
   );
 
@@ -225,6 +228,9 @@ export function jobView(root, { params: [jobId] }) {
       case "epoch_completed":
         charts.addEpochs([message]);
         break;
+      case "evaluation":
+        evaluation.add(message);
+        break;
       case "error":
         actionError.replaceChildren(errorBox(message.message));
         break;
@@ -309,6 +315,7 @@ export function jobView(root, { params: [jobId] }) {
     charts.addEpochs(epochRows.metrics);
     charts.fillBatches(batchRows.metrics, job.total_batches);
     renderStatus();
+    await evaluation.load();
     if (!isFinished(job.status)) {
       live = new LiveJob(jobId, {
         after: job.last_event_id ?? "0-0",
