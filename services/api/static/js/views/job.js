@@ -140,13 +140,18 @@ export function jobView(root, { params: [jobId] }) {
       ),
       ...item(
         "best epoch",
-        job.best_epoch == null ? "—" : `${job.best_epoch} (val loss ${num(job.best_val_loss)})`,
+        job.best_epoch == null
+          ? "—"
+          : job.monitor && job.monitor !== "val_loss" && job.best_value != null
+            ? `${job.best_epoch} (${job.monitor.replace("_", " ")} ${num(job.best_value)})`
+            : `${job.best_epoch} (val loss ${num(job.best_val_loss)})`,
       ),
       ...item("model", job.model_architecture ?? "—"),
       ...item(
         "dataset",
         job.dataset
-          ? `${job.dataset} · ${job.train_samples ?? "?"} train / ${job.val_samples ?? "?"} val`
+          ? `${job.dataset} · ${job.train_samples ?? "?"} train / ${job.val_samples ?? "?"} val` +
+            (job.test_samples ? ` / ${job.test_samples} test` : "")
           : "—",
       ),
       ...item("created", when(job.created_at)),
