@@ -196,3 +196,22 @@ def test_the_api_never_imports_torch() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr or "torch was imported"
+
+
+async def test_predict_body_limit_and_an_unknown_job(settings: Settings) -> None:
+    from dataclasses import replace
+
+    from services.api.app import create_app
+
+    app = create_app(replace(settings, max_predict_bytes=4096))
+    url = f"{JOBS}/00000000-0000-4000-8000-000000000000/predict"
+    async with AsyncTestClient(app=app) as client:
+        big = [("files", ("big.wav", b"\0" * 8192, "audio/wav"))]
+        assert (await client.post(url, files=big)).status_code == 413
+        small = [("files", ("small.wav", b"\0" * 100, "audio/wav"))]
+        assert (await client.post(url, files=small)).status_code == 404
+        # No file part at all: 400 naming `files`, never a 500.
+        resp = await client.post(url, files=[("other", ("x.wav", b"x", "audio/wav"))])
+        assert resp.status_code == 400 and "files" in resp.text, resp.text
+        resp = await client.post(url, json={"files": []})
+        assert resp.status_code == 415, resp.text
