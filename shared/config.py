@@ -30,6 +30,7 @@ Scheduler = Literal["cosine", "step", "plateau"]
 Accelerator = Literal["gpu", "cpu"]
 ClassWeighting = Literal["none", "balanced"]
 Precision = Literal["auto", "fp32", "bf16"]
+Monitor = Literal["val_loss", "val_accuracy", "val_macro_f1"]
 JobRef = Annotated[
     str,
     Meta(
@@ -38,6 +39,9 @@ JobRef = Annotated[
     ),
 ]
 Fraction = Annotated[float, Meta(ge=0.0, le=0.5)]
+
+MAX_HELD_OUT = 0.8
+"""The largest `validation_split + test_split`: at least a fifth of the data trains."""
 
 
 class ConfigError(InvalidInput):
@@ -55,6 +59,10 @@ class TrainingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     batch_size: Annotated[int, Meta(ge=1, le=512)] = 32
     num_workers: Annotated[int, Meta(ge=0, le=16)] = 4
     validation_split: Annotated[float, Meta(ge=0.0, le=0.5)] = 0.2
+    test_split: Annotated[float, Meta(ge=0.0, le=0.5)] = 0.1
+    """Share of each class held out as the test set (stratified and seeded like validation,
+    disjoint from it), evaluated once after training with the best epoch's weights; 0.0: no
+    test set. `validation_split + test_split` must not exceed MAX_HELD_OUT."""
     # Features
     n_mels: Annotated[int, Meta(ge=8, le=512)] = 128
     n_fft: Annotated[int, Meta(ge=32, le=16384)] = 2048
@@ -68,6 +76,11 @@ class TrainingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     lr_scheduler: Scheduler = "cosine"
     warmup_epochs: Annotated[int, Meta(ge=0, le=1000)] = 5
     early_stop_patience: Annotated[int, Meta(ge=1, le=1000)] = 10
+    monitor: Monitor = "val_loss"
+    """What picks the best epoch (its checkpoint and the exported ONNX model) and drives early
+    stopping and the `plateau` scheduler: the validation loss (lowest wins), accuracy or
+    macro-F1 (highest wins). Without a validation split only `val_loss` is allowed; it then
+    monitors the training loss."""
     # Hardware
     accelerator: Accelerator = "gpu"
     devices: Annotated[int, Meta(ge=1, le=64)] = 1
@@ -136,7 +149,24 @@ class TrainingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
         self._check_training()
 
+    def _check_held_out(self) -> None:
+        held = self.validation_split + self.test_split
+        if held > MAX_HELD_OUT + 1e-9:
+            raise ConfigError(
+                f"validation_split + test_split ({self.validation_split:g} +"
+                f" {self.test_split:g} = {held:g}) must not exceed {MAX_HELD_OUT:g}: at least"
+                f" {1 - MAX_HELD_OUT:.0%} of each class must stay for training",
+                "test_split",
+            )
+        if self.monitor != "val_loss" and self.validation_split == 0:
+            raise ConfigError(
+                f"monitor={self.monitor} needs a validation set; validation_split is 0.0"
+                " (use monitor=val_loss, which then monitors the training loss)",
+                "monitor",
+            )
+
     def _check_training(self) -> None:
+        self._check_held_out()
         if self.freeze_backbone and not (self.pretrained or self.init_from_job):
             raise ConfigError(
                 "freeze_backbone trains the head alone, on the features of a trained backbone:"

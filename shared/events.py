@@ -39,6 +39,7 @@ class JobStarted(Event, tag="job_started"):
     dataset_size: int = 0
     train_samples: int = 0
     val_samples: int = 0
+    test_samples: int = 0
     num_classes: int = 0
     total_batches: int = 0
     """Training batches per epoch."""
@@ -94,6 +95,12 @@ class EpochCompleted(Event, tag="epoch_completed"):
     is_best: bool = False
     best_epoch: int | None = None
     best_val_loss: float | None = None
+    """The validation loss of the best epoch (the monitored loss when it is `val_loss`)."""
+    val_macro_f1: float | None = None
+    monitor: str = "val_loss"
+    """What picks the best epoch (the config's `monitor`; `train_loss` without validation)."""
+    best_value: float | None = None
+    """The monitored value of the best epoch."""
 
 
 class CheckpointSaved(Event, tag="checkpoint_saved"):
@@ -111,6 +118,47 @@ class JobCompleted(Event, tag="job_completed"):
     onnx_model_path: str | None = None
     onnx_max_abs_diff: float | None = None
     stopped_early: bool = False
+    monitor: str = "val_loss"
+    best_value: float | None = None
+    """The monitored value of `best_epoch` (see EpochCompleted.monitor)."""
+
+
+class ClassMetrics(msgspec.Struct):
+    """One class's metrics on a split."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    """Samples of the class in the split."""
+
+
+class SnrBand(msgspec.Struct):
+    """Accuracy on the split's samples whose `snr_db` lies in [snr_db_min, snr_db_max)."""
+
+    snr_db_min: float
+    snr_db_max: float
+    accuracy: float
+    support: int
+
+
+class EvaluationCompleted(Event, tag="evaluation_completed"):
+    """A split's per-class evaluation: validation after every epoch, the test set once after
+    training (with the best epoch's weights; `epoch` is that epoch)."""
+
+    phase: str
+    """`val` or `test`."""
+    epoch: int
+    classes: list[str]
+    confusion_matrix: list[list[int]]
+    """Rows: true class; columns: predicted class; both in `classes` order."""
+    per_class: dict[str, ClassMetrics]
+    accuracy: float
+    macro_f1: float
+    accuracy_by_snr: list[SnrBand] = []
+    """Bands of 5 dB that hold at least one sample (recordings without an SNR are left out)."""
+    loss: float | None = None
+    samples: int = 0
 
 
 class JobFailed(Event, tag="job_failed"):
@@ -175,6 +223,7 @@ AnyEvent = (
     | EpochCompleted
     | CheckpointSaved
     | JobCompleted
+    | EvaluationCompleted
     | JobFailed
     | JobCancelled
     | JobPaused

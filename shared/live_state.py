@@ -65,6 +65,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("dataset_size", "int4"),
     ("train_samples", "int4"),
     ("val_samples", "int4"),
+    ("test_samples", "int4"),
+    ("monitor", "text"),
+    ("best_value", "float8"),
     ("mlflow_run_id", "text"),
     ("celery_task_id", "text"),
 )
@@ -136,6 +139,7 @@ def effects(event: Event) -> Effects:  # noqa: C901 - one case per event type
             put("dataset_size", event.dataset_size or None)
             put("train_samples", event.train_samples or None)
             put("val_samples", event.val_samples or None)
+            put("test_samples", event.test_samples)
             put("total_batches", event.total_batches or None)
         case BatchProgress():
             put("current_epoch", event.epoch)
@@ -156,6 +160,8 @@ def effects(event: Event) -> Effects:  # noqa: C901 - one case per event type
                 put(name, getattr(event, name))
             put("learning_rate", event.learning_rate)
             put("gradient_norm", event.gradient_norm)
+            put("monitor", event.monitor)
+            put("best_value", event.best_value)
             epochs_done = float(event.epoch)
             candidate = _epochs(event, values)
         case CheckpointSaved():
@@ -165,6 +171,8 @@ def effects(event: Event) -> Effects:  # noqa: C901 - one case per event type
             put("best_val_loss", event.best_val_loss)
             put("checkpoint_path", event.checkpoint_path)
             put("onnx_model_path", event.onnx_model_path)
+            put("monitor", event.monitor)
+            put("best_value", event.best_value)
             epochs_done = COMPLETE
         case JobFailed():
             put("error_message", event.error_message)

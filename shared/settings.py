@@ -73,6 +73,9 @@ class Settings(EnvSettings):
     max_body_bytes: int = 1024 * 1024
     """Largest request body the API accepts; larger ones get 413."""
 
+    max_predict_bytes: int = 64 * 1024 * 1024
+    """Largest body of a prediction request (its uploaded recordings); larger ones get 413."""
+
     log_json: bool = False
     """Logs as JSON lines (for production) instead of console lines, for every library's
     logger too (arq, uvicorn, asyncio)."""

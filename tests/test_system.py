@@ -73,7 +73,8 @@ async def test_job_trains_to_completion_through_the_whole_system(
     job = await wait_for(finished, timeout=240, what="the job to finish")
     assert job["status"] == "completed", job["error_message"]
     assert job["current_epoch"] == 3 and job["progress_percent"] == 100.0
-    assert job["dataset_size"] == job["train_samples"] + job["val_samples"] > 0
+    held_out = job["val_samples"] + job["test_samples"]
+    assert job["dataset_size"] == job["train_samples"] + held_out > 0
     assert job["best_epoch"] in (1, 2, 3) and job["best_val_loss"] is not None
     assert job["started_at"] and job["completed_at"]
 

@@ -28,7 +28,9 @@ from shared.events import (
     BatchPoint,
     BatchProgress,
     CheckpointSaved,
+    ClassMetrics,
     EpochCompleted,
+    EvaluationCompleted,
     JobCompleted,
     JobQueued,
     JobStarted,
@@ -84,6 +86,29 @@ def batch_point(epoch: int, batch: int) -> BatchPoint:
     )
 
 
+EVAL_CLASSES = ["am", "fm"]
+
+
+def evaluation_event(job_id: str, phase: str, epoch: int) -> EvaluationCompleted:
+    """A two-class evaluation whose numbers depend on the phase and epoch."""
+    f1 = 0.5 + 0.1 * epoch + (0.05 if phase == "test" else 0.0)
+    return EvaluationCompleted(
+        job_id=job_id,
+        phase=phase,
+        epoch=epoch,
+        classes=EVAL_CLASSES,
+        confusion_matrix=[[epoch, 1], [0, 2]],
+        per_class={
+            c: ClassMetrics(precision=f1, recall=f1 - 0.01 * i, f1=f1 - 0.02 * i, support=3)
+            for i, c in enumerate(EVAL_CLASSES)
+        },
+        accuracy=f1,
+        macro_f1=f1 - 0.01,
+        loss=1.0 / epoch,
+        samples=epoch + 3,
+    )
+
+
 async def emit_job(
     settings: Settings,
     client: aredis.Redis,
@@ -115,9 +140,11 @@ async def emit_job(
                 )
             )
         await emitter.emit(epoch_event(job_id, epoch))
+        await emitter.emit(evaluation_event(job_id, "val", epoch))
         path = str(out_dir / "best.pt")
         last = await emitter.emit(CheckpointSaved(job_id=job_id, epoch=epoch, path=path))
     if finish:
+        await emitter.emit(evaluation_event(job_id, "test", 3))
         onnx = out_dir / "model.onnx"
         onnx.write_bytes(b"not really onnx, but a model file all the same")
         completed = JobCompleted(
@@ -174,6 +201,14 @@ async def test_tensorboard_has_one_point_per_epoch_and_every_batch(
     # Batch 1 of each epoch had no gradient norm.
     assert len(scalars["batch/gradient_norm"]) == EPOCHS * (BATCHES - 1)
     assert scalars["batch/loss"][BATCHES].value == pytest.approx(batch_point(2, 1).loss)
+    # Per-class scalars of every validation, and of the test set once.
+    for phase, epochs in (("val", list(range(1, EPOCHS + 1))), ("test", [3])):
+        for c in EVAL_CLASSES:
+            points = scalars[f"{phase}_f1/{c}"]
+            assert [p.step for p in points] == epochs, (phase, c)
+            want = [evaluation_event(job_id, phase, e).per_class[c].f1 for e in epochs]
+            assert [p.value for p in points] == pytest.approx(want)
+        assert [p.step for p in scalars[f"{phase}_macro_f1"]] == epochs
 
     links = [e for e in await stream_events(redis_client, job_id) if isinstance(e, TrackingLinked)]
     assert len(links) == 1
@@ -219,6 +254,20 @@ async def test_mlflow_file_store_run_has_params_metrics_and_model(
         assert [m.value for m in history] == pytest.approx(expected), name
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "model")]
     assert artifacts == ["model/model.onnx"]
+    # Evaluations: per-class metrics, and each confusion matrix as a JSON artifact.
+    test_f1 = client.get_metric_history(run.info.run_id, "test_f1/fm")
+    assert [(m.step, m.value) for m in test_f1] == [
+        (3, pytest.approx(evaluation_event(job_id, "test", 3).per_class["fm"].f1))
+    ]
+    val_f1 = client.get_metric_history(run.info.run_id, "val_macro_f1")
+    assert sorted(m.step for m in val_f1) == list(range(1, EPOCHS + 1))
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/test-epoch-3.json" in names and len(names) == EPOCHS + 1
+    local = client.download_artifacts(
+        run.info.run_id, "evaluation/test-epoch-3.json", str(tmp_path)
+    )
+    document = json.loads(await asyncio.to_thread(Path(local).read_text))
+    assert document["confusion_matrix"] == [[3, 1], [0, 2]] and document["phase"] == "test"
 
 
 async def test_unreachable_mlflow_is_one_warning_and_tensorboard_goes_on(

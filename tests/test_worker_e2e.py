@@ -60,7 +60,7 @@ async def test_job_runs_to_completion(
     assert isinstance(events[0], JobStarted) and isinstance(events[-1], JobCompleted)
     start = started[0]
     assert (start.dataset_size, start.num_classes, start.device) == (84, 7, "cpu")
-    assert start.train_samples + start.val_samples == 84
+    assert start.train_samples + start.val_samples + start.test_samples == 84
     assert start.total_batches == -(-start.train_samples // 16)
     assert [e.epoch for e in epochs] == [1, 2, 3]
     assert epochs[-1].train_loss < epochs[0].train_loss

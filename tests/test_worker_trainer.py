@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import numpy as np
 import pytest
 import torch
 from support import TINY, synthetic_recordings
@@ -39,7 +40,9 @@ from shared.events import BatchProgress, EpochCompleted, Event, JobStarted
 from shared.settings import Settings
 from shared.storage import open_store
 
-BASE: dict[str, Any] = {**TINY, "epochs": 2, "seed": 11}
+BASE: dict[str, Any] = {**TINY, "epochs": 2, "seed": 11, "test_split": 0.0}
+"""No test set: the counts below are of train and validation (tests/test_evaluation.py has
+the test set)."""
 
 
 @pytest.fixture(autouse=True)
@@ -248,7 +251,13 @@ def test_early_stop_patience_ends_the_job(
     recordings: list[Recording], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     losses = iter([1.0, 0.8, 0.9, 0.85, 0.7, 0.6])
-    monkeypatch.setattr(loop, "validate", lambda run, stop: (next(losses), 0.5))
+
+    def scripted(run: Any, loader: Any, recordings: Any, stop: Any, phase: str) -> Any:
+        k = len(run.split.classes)
+        empty = np.zeros(0, dtype=np.int64)
+        return loop.Assessment(next(losses), k, np.eye(k, dtype=np.int64), [], empty, empty)
+
+    monkeypatch.setattr(loop, "assess", scripted)
     sink = ListSink()
     result = train(spec(recordings, tmp_path, epochs=6, early_stop_patience=2), sink, NeverStop())
     done = result.completed

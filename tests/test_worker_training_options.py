@@ -29,7 +29,8 @@ from shared.config import ConfigError, TrainingConfig
 from shared.datasets import Recording
 from shared.events import BatchProgress, Event, JobStarted, JobWarning
 
-BASE: dict[str, Any] = {**TINY, "epochs": 1, "seed": 3}
+BASE: dict[str, Any] = {**TINY, "epochs": 1, "seed": 3, "test_split": 0.0}
+"""No test set: the counts below are of train and validation (test_evaluation.py has it)."""
 
 
 @pytest.fixture(autouse=True)

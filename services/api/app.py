@@ -13,10 +13,12 @@ from services.api.auth import token_guard
 from services.api.dashboard import dashboard_routes
 from services.api.datasets import DatasetsController
 from services.api.errors import EXCEPTION_HANDLERS
+from services.api.evaluation import EvaluationController
 from services.api.health import health, ready
 from services.api.inputs import check_request
 from services.api.jobs import JobsController
 from services.api.observability import PROMETHEUS, metrics
+from services.api.predict import ModelCache, predict_route
 from services.api.resources import lifespan
 from services.api.workers import WorkersController
 from services.api.ws import ws_routes
@@ -27,6 +29,8 @@ def create_app(settings: Settings) -> Litestar:
     """The API for these settings; store URLs must be resolved (see services.cli.embedded)."""
     handlers: list[Any] = [
         JobsController,
+        EvaluationController,
+        predict_route(settings, ModelCache()),
         DatasetsController,
         WorkersController,
         health,

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from services.api import views
-from shared.events import EpochCompleted, JobWarning
+from shared.events import EpochCompleted, EvaluationCompleted, JobWarning
 
 _encoder = msgspec.json.Encoder()
 
@@ -63,6 +63,18 @@ def warning(event: JobWarning, event_id: str) -> str:
             "event_id": event_id,
         }
     )
+
+
+def evaluation(event: EvaluationCompleted, event_id: str) -> str:
+    """A split's per-class evaluation (validation each epoch, the test set once), as GET
+    .../evaluation shows a split, with its phase."""
+    body = msgspec.to_builtins(event)
+    for name in ("type", "ts", "v"):
+        body.pop(name, None)
+    message: dict[str, Any] = {"event": "evaluation", **body}
+    message["timestamp"] = views.iso(event.ts)
+    message["event_id"] = event_id
+    return encode(message)
 
 
 def pong() -> str:

@@ -28,7 +28,13 @@ from services.api.resources import Resources
 from shared import live_state
 from shared.errors import InvalidInput
 from shared.event_log import StoredEvent, events_after
-from shared.events import EpochCompleted, JobWarning, decode_event, parse_event_id
+from shared.events import (
+    EpochCompleted,
+    EvaluationCompleted,
+    JobWarning,
+    decode_event,
+    parse_event_id,
+)
 from shared.status import JobStatus
 
 log = structlog.get_logger(__name__)
@@ -124,6 +130,13 @@ class Feed:
                 await self.sender.send(text)
             case JobWarning():
                 await self.sender.send(msg.warning(event, item.event_id))
+                self.sent_id = item.event_id
+                return
+            case EvaluationCompleted():
+                text = item.memo.get("evaluation") or item.memo.setdefault(
+                    "evaluation", msg.evaluation(event, item.event_id)
+                )
+                await self.sender.send(text)
                 self.sent_id = item.event_id
                 return
         await self.send_status(item.memo)

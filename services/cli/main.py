@@ -8,6 +8,7 @@ import os
 import signal
 import time
 import warnings
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -303,6 +304,23 @@ def jobs_cancel(job_id: str, url: ApiUrl = None) -> None:
     job_id = _job_arg(job_id)
     body = _call("POST", f"{_api_base(url)}/api/v1/training/jobs/{job_id}/cancel")
     typer.echo(body["job"]["status"])
+
+
+@app.command()
+def predict(
+    job_id: str,
+    files: Annotated[list[Path], typer.Argument(help="WAV files or SigMF .sigmf-meta files.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
+    url: ApiUrl = None,
+) -> None:
+    """Classify recordings with a completed job's model: a line per file (file, label,
+    probability), or the JSON."""
+    from services.cli.predict import show, upload_parts
+
+    job_id = _job_arg(job_id)
+    parts = upload_parts(files)
+    body = _call("POST", f"{_api_base(url)}/api/v1/training/jobs/{job_id}/predict", files=parts)
+    show(body, as_json)
 
 
 @jobs_app.command("watch")

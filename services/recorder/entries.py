@@ -19,7 +19,14 @@ import msgspec
 import structlog
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
-from shared.events import AnyEvent, BatchProgress, EpochCompleted, decode_event, parse_event_id
+from shared.events import (
+    AnyEvent,
+    BatchProgress,
+    EpochCompleted,
+    EvaluationCompleted,
+    decode_event,
+    parse_event_id,
+)
 from shared.live_state import naive_utc
 
 log = structlog.get_logger(__name__)
@@ -221,6 +228,26 @@ def metric_rows(entry: Entry) -> list[MetricRow]:
                     event.gradient_norm,
                     "epoch",
                     event.epoch_time_s,
+                )
+            ]
+        case EvaluationCompleted(phase="test"):
+            # The test set's loss and accuracy go in the held-out columns (val_*): the seed's
+            # table has no others, and a chart of phase 'test' reads them like validation's.
+            return [
+                (
+                    entry.timestamp,
+                    uuid.uuid5(METRICS_NAMESPACE, f"{entry.event_id}/test"),
+                    job,
+                    event.epoch,
+                    None,
+                    None,
+                    event.loss,
+                    None,
+                    event.accuracy,
+                    None,
+                    None,
+                    "test",
+                    None,
                 )
             ]
     return []

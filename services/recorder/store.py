@@ -22,7 +22,7 @@ import structlog
 
 from shared.db import connect, migrate
 
-from . import series
+from . import evaluations, series
 from .entries import METRIC_COLUMNS, Entry, MetricRow, metric_rows
 from .projection import project
 from .settings import RecorderSettings
@@ -207,7 +207,13 @@ class Store:
             if not new_ids:
                 return result
             new = [e for e in entries if e.event_id in new_ids]
-            rows = [row for e in new for row in batch.rows.get(e.event_id, ())]
+            repeats = await evaluations.record(conn, new)
+            rows = [
+                row
+                for e in new
+                if e.event_id not in repeats
+                for row in batch.rows.get(e.event_id, ())
+            ]
             if rows:
                 await conn.copy_records_to_table(
                     "training_metrics", records=rows, columns=METRIC_COLUMNS

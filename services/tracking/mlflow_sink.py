@@ -17,9 +17,17 @@ from typing import Any, TypeVar
 
 import structlog
 
+from services.tracking.evaluation import artifact_name, evaluation_document, evaluation_scalars
 from services.tracking.settings import mlflow_installed
 from services.tracking.tensorboard import EPOCH_METRICS
-from shared.events import EpochCompleted, Event, JobCancelled, JobCompleted, JobFailed
+from shared.events import (
+    EpochCompleted,
+    EvaluationCompleted,
+    Event,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +88,31 @@ def _epoch_metrics(event: EpochCompleted) -> list[tuple[str, float, int, int]]:
     ]
 
 
+Rows = list[tuple[str, float, int, int]]
+
+
+def _sorted_out(
+    events: Iterable[Event],
+) -> tuple[Rows, Rows, list[EvaluationCompleted], Event | None]:
+    """The metric rows of epochs and validations, those of the test set, the evaluations
+    (for their JSON artifacts) and the final event among `events`."""
+    rows: Rows = []
+    tests: Rows = []
+    evaluations: list[EvaluationCompleted] = []
+    final: Event | None = None
+    for event in events:
+        if isinstance(event, EpochCompleted):
+            rows.extend(_epoch_metrics(event))
+        elif isinstance(event, EvaluationCompleted):
+            stamp = int(event.ts * 1000)
+            scalars = [(k, v, stamp, event.epoch) for k, v in evaluation_scalars(event)]
+            (tests if event.phase == "test" else rows).extend(scalars)
+            evaluations.append(event)
+        elif type(event) in TERMINAL_STATUS:
+            final = event
+    return rows, tests, evaluations, final
+
+
 def _is_file_store(uri: str) -> bool:
     scheme, sep, _ = uri.partition(":")
     # A bare path (no scheme, or a Windows drive letter) is a file store too.
@@ -131,15 +164,23 @@ class _Run:
             self.client.log_batch(self.run_id, params=params[i : i + PARAMS_PER_CALL])
         return self.run_id
 
-    def log_metrics(self, rows: list[tuple[str, float, int, int]]) -> None:
+    def log_metrics(self, rows: list[tuple[str, float, int, int]], resumed: bool = True) -> None:
         """All rows in as few log_batch calls as MLflow allows; epochs already logged by an
-        earlier attempt of the job are skipped."""
+        earlier attempt of the job are skipped (unless not `resumed`: the test set's rows
+        are logged once, at the best epoch's step)."""
         from mlflow.entities import Metric
 
         assert self.run_id is not None
-        metrics = [Metric(k, v, ts, step) for k, v, ts, step in rows if step > self.last_step]
+        fresh = [r for r in rows if not resumed or r[3] > self.last_step]
+        metrics = [Metric(k, v, ts, step) for k, v, ts, step in fresh]
         for i in range(0, len(metrics), METRICS_PER_CALL):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + METRICS_PER_CALL])
+
+    def log_evaluation(self, event: EvaluationCompleted) -> None:
+        """The confusion matrix and per-class metrics as a JSON artifact (the scalars go
+        through `log_metrics`)."""
+        assert self.run_id is not None
+        self.client.log_dict(self.run_id, evaluation_document(event), artifact_name(event))
 
     def log_model(self, path: Path) -> None:
         """Upload the ONNX model under `model/`; a model file that is gone is no error."""
@@ -209,15 +250,13 @@ class MlflowSink:
         run's terminal status."""
         if self._run is None or self.failure is not None:
             return
-        rows: list[tuple[str, float, int, int]] = []
-        final: Event | None = None
-        for event in events:
-            if isinstance(event, EpochCompleted):
-                rows.extend(_epoch_metrics(event))
-            elif type(event) in TERMINAL_STATUS:
-                final = event
+        rows, tests, evaluations, final = _sorted_out(events)
         if rows:
             await self._call(self._run.log_metrics, rows)
+        if tests:
+            await self._call(self._run.log_metrics, tests, False)
+        for evaluation in evaluations:
+            await self._call(self._run.log_evaluation, evaluation)
         if final is None:
             return
         if isinstance(final, JobCompleted) and final.onnx_model_path:

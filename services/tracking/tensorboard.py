@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from shared.events import BatchProgress, EpochCompleted, Event
+from services.tracking.evaluation import evaluation_scalars
+from shared.events import BatchProgress, EpochCompleted, EvaluationCompleted, Event
 
 EPOCH_METRICS = (
     "train_loss",
@@ -48,6 +49,9 @@ class TensorBoardSink:
                     self._epoch(event)
                 case BatchProgress():
                     self._batches(event)
+                case EvaluationCompleted():
+                    for name, value in evaluation_scalars(event):
+                        self._writer.add_scalar(name, value, event.epoch, walltime=event.ts)
         self._writer.flush()
 
     def _epoch(self, event: EpochCompleted) -> None:

@@ -1,5 +1,6 @@
-"""The training loop: one epoch's training pass, a split's predictions, and the epoch as a job
-runs it (schedule, validation, best/early-stop bookkeeping, EpochCompleted, checkpoints).
+"""The training loop: one epoch's training pass, a split's predictions and assessment, and the
+epoch as a job runs it (schedule, validation, best/early-stop bookkeeping by the monitored value,
+EpochCompleted and the validation's EvaluationCompleted, checkpoints).
 
 Per-batch values stay on the device (see progress.py); the stop signal is checked every batch,
 training and validation, and a hold at every training batch boundary (see preempt.py).
@@ -9,19 +10,24 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
-from services.worker import ddp
+from services.worker import ddp, metrics
 from services.worker.artifacts import save_epoch
 from services.worker.errors import TrainingCancelled
+from services.worker.optim import Watched
 from services.worker.preempt import Held, HoldSignal, Preempt, pending
 from services.worker.progress import EventSink, ProgressReporter, StopSignal
 from services.worker.resume import Partial
 from services.worker.run import Batches, Run
-from shared.events import EpochCompleted
+from shared.datasets import Recording
+from shared.events import EpochCompleted, EvaluationCompleted
 
 
 @dataclass
@@ -176,17 +182,71 @@ def predict(run: Run, loader: Batches, stop: StopSignal, phase: str) -> Predicti
     return Predictions(torch.cat(logits), torch.cat(labels))
 
 
-def validate(run: Run, stop: StopSignal) -> tuple[float, float] | None:
-    """Loss and accuracy over the validation split (all ranks), or None when it is empty."""
-    out = predict(run, run.val_loader, stop, "validation")
+@dataclass
+class Assessment:
+    """A split's loss, and the counts its metrics come from, summed over the ranks."""
+
+    loss: float
+    samples: int
+    matrix: npt.NDArray[np.int64]
+    band_lows: list[float]
+    band_total: npt.NDArray[np.int64]
+    band_correct: npt.NDArray[np.int64]
+
+    def summary(self, classes: list[str]) -> metrics.Summary:
+        return metrics.summarise(
+            self.matrix, classes, self.band_lows, self.band_total, self.band_correct
+        )
+
+    def event(self, job_id: str, phase: str, epoch: int, classes: list[str]) -> EvaluationCompleted:
+        s = self.summary(classes)
+        return EvaluationCompleted(
+            job_id=job_id,
+            phase=phase,
+            epoch=epoch,
+            classes=list(classes),
+            confusion_matrix=self.matrix.tolist(),
+            per_class=s.per_class,
+            accuracy_by_snr=s.accuracy_by_snr,
+            accuracy=s.accuracy,
+            macro_f1=s.macro_f1,
+            loss=self.loss,
+            samples=self.samples,
+        )
+
+
+def assess(
+    run: Run, loader: Batches, recordings: Sequence[Recording], stop: StopSignal, phase: str
+) -> Assessment | None:
+    """Loss, confusion matrix and SNR-band counts of a split (all ranks; `recordings` is the
+    whole split, in loader order, of which this rank holds every world_size-th), or None when
+    it is empty."""
+    out = predict(run, loader, stop, phase)
+    k = len(run.split.classes)
+    lows, bands = metrics.snr_bands([r.snr_db for r in recordings])
+    mine = torch.as_tensor(bands[run.info.rank :: run.info.world_size], device=run.device)
     with torch.inference_mode():
         loss_sum = nn.functional.cross_entropy(out.logits, out.labels, reduction="sum").double()
-        correct = (out.logits.argmax(dim=1) == out.labels).sum().double()
-        seen = torch.tensor(float(out.labels.numel()), device=run.device, dtype=torch.float64)
-        loss_sum, correct, seen = ddp.all_sum(run.info, loss_sum, correct, seen)
-    if float(seen) == 0:
+        predicted = out.logits.argmax(dim=1)
+        matrix = torch.bincount(out.labels * k + predicted, minlength=k * k).double()
+        known = mine >= 0
+        right = known & (predicted == out.labels)
+        nb = max(len(lows), 1)
+        total = torch.bincount(mine[known], minlength=nb).double()
+        correct = torch.bincount(mine[right], minlength=nb).double()
+        loss_sum, matrix, total, correct = ddp.all_sum(run.info, loss_sum, matrix, total, correct)
+    seen = int(matrix.sum())
+    if seen == 0:
         return None
-    return float(loss_sum) / float(seen), float(correct) / float(seen)
+    as_int = lambda t: t.round().long().cpu().numpy()  # noqa: E731 - sums come back as float64
+    return Assessment(
+        loss=float(loss_sum) / seen,
+        samples=seen,
+        matrix=as_int(matrix).reshape(k, k),
+        band_lows=lows,
+        band_total=as_int(total),
+        band_correct=as_int(correct),
+    )
 
 
 def run_epoch(
@@ -203,28 +263,36 @@ def run_epoch(
     config = run.config
     started = time.perf_counter() - (partial.elapsed_s if partial else 0.0)
     stats = train_epoch(run, epoch, reporter, stop, hold, partial)
-    val = validate(run, stop)
-    monitored = val[0] if val is not None else stats.loss
-    is_best = run.early.update(epoch, monitored)
-    run.schedule.observe(epoch * len(run.train_loader) - 1, monitored)
-    best = run.early.best_loss
+    val = assess(run, run.val_loader, run.split.val, stop, "validation")
+    summary = val.summary(run.split.classes) if val is not None else None
+    watched = Watched.of(config.monitor, stats.loss, val, summary)
+    val_loss = val.loss if val is not None else None
+    is_best = run.early.update(
+        epoch, watched.score, watched.value, val_loss if val_loss is not None else stats.loss
+    )
+    run.schedule.observe(epoch * len(run.train_loader) - 1, watched.score)
     event = EpochCompleted(
         job_id=run.spec.job_id,
         epoch=epoch,
         total_epochs=config.epochs,
         train_loss=stats.loss,
-        val_loss=val[0] if val else None,
+        val_loss=val_loss,
         train_accuracy=stats.accuracy,
-        val_accuracy=val[1] if val else None,
+        val_accuracy=summary.accuracy if summary else None,
         learning_rate=stats.learning_rate,
         gradient_norm=stats.gradient_norm,
         epoch_time_s=time.perf_counter() - started,
         is_best=is_best,
         best_epoch=run.early.best_epoch,
-        best_val_loss=best if math.isfinite(best) else None,
+        best_val_loss=run.early.best_val_loss,
+        val_macro_f1=summary.macro_f1 if summary else None,
+        monitor=watched.name,
+        best_value=run.early.best_value,
     )
     if run.info.is_main:
         if epoch > run.spec.emitted_epochs:
             sink.emit(event)
+            if val is not None:
+                sink.emit(val.event(run.spec.job_id, "val", epoch, run.split.classes))
         save_epoch(run, sink, epoch, is_best)
     return event

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from services.worker.metrics import Summary
 from shared.config import TrainingConfig
 
 STEP_GAMMA = 0.1
@@ -93,8 +94,8 @@ class LrSchedule:
         return lr
 
     def observe(self, step: int, monitored_loss: float) -> None:
-        """End of an epoch whose last step was `step`: `plateau` tracks the monitored loss
-        (once warm-up is over)."""
+        """End of an epoch whose last step was `step`: `plateau` tracks the monitored score
+        (lower is better, see `Watched`; once warm-up is over)."""
         if self.kind != "plateau" or step < self.warmup_steps:
             return
         if monitored_loss < self.plateau_best:
@@ -114,20 +115,56 @@ class LrSchedule:
             setattr(self, key, value)
 
 
+class Assessed(Protocol):
+    loss: float
+
+
+@dataclass(frozen=True)
+class Watched:
+    """An epoch's monitored value (`name`, `value`) and its `score`, lower is better: the
+    loss itself, or minus an accuracy or macro-F1."""
+
+    name: str
+    value: float
+    score: float
+
+    @classmethod
+    def of(
+        cls, monitor: str, train_loss: float, val: Assessed | None, summary: Summary | None
+    ) -> Watched:
+        """What `monitor` watches this epoch; without validation the training loss (the
+        config refuses any other monitor without a validation split)."""
+        if val is None or summary is None:
+            return cls("train_loss", train_loss, train_loss)
+        if monitor == "val_accuracy":
+            return cls(monitor, summary.accuracy, -summary.accuracy)
+        if monitor == "val_macro_f1":
+            return cls(monitor, summary.macro_f1, -summary.macro_f1)
+        return cls("val_loss", val.loss, val.loss)
+
+
 @dataclass
 class EarlyStopping:
-    """Stops after `patience` epochs without a lower monitored loss (val_loss, or train_loss
-    when there is no validation split); remembers the best epoch (1-based)."""
+    """Stops after `patience` epochs without a better monitored score (lower is better, see
+    `Watched`); remembers the best epoch (1-based), its monitored value and its validation
+    loss (the training loss when there is no validation split)."""
 
     patience: int
     best_loss: float = math.inf
+    """The best score so far (a checkpoint key: the name predates `monitor`)."""
     best_epoch: int | None = None
     bad_epochs: int = 0
+    best_value: float | None = None
+    best_val_loss: float | None = None
 
-    def update(self, epoch: int, loss: float) -> bool:
-        """Record `epoch`'s loss; True when it is the best so far."""
-        if loss < self.best_loss:
-            self.best_loss, self.best_epoch, self.bad_epochs = loss, epoch, 0
+    def update(
+        self, epoch: int, score: float, value: float | None = None, val_loss: float | None = None
+    ) -> bool:
+        """Record `epoch`'s score; True when it is the best so far."""
+        if score < self.best_loss:
+            self.best_loss, self.best_epoch, self.bad_epochs = score, epoch, 0
+            self.best_value = score if value is None else value
+            self.best_val_loss = score if val_loss is None else val_loss
             return True
         self.bad_epochs += 1
         return False

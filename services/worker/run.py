@@ -82,6 +82,8 @@ class Loaders:
 
     train: Batches
     val: Batches
+    test: Batches | None = None
+    """The test set's loader (None without one); unshuffled, so no state to keep."""
     epoch_start: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def _named(self) -> tuple[tuple[str, Batches], ...]:
@@ -155,7 +157,7 @@ def prepare(spec: TrainSpec, info: DistInfo = SINGLE, *, initialise: bool = True
     seed = spec.seed if spec.seed is not None else resolve_seed(config)
     torch.manual_seed(seed)
     check_recordings(spec.recordings, config)
-    split = stratified_split(spec.recordings, config.validation_split, seed)
+    split = stratified_split(spec.recordings, config.validation_split, seed, config.test_split)
     check_split(split.train, split.val, config)
     network = build_model(config, len(split.classes))
     init = (
@@ -200,14 +202,11 @@ def _loaders(
 ) -> Loaders:
     config = spec.config
     train_ds = WaveformDataset(split.train, split.classes, fmt)
-    val_ds = WaveformDataset(split.val, split.classes, fmt)
     sampler: DistributedSampler[int] | None = None
-    val_part: Any = val_ds
     if info.enabled:
         sampler = DistributedSampler(
             train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed
         )
-        val_part = Subset(val_ds, list(range(info.rank, len(val_ds), info.world_size)))
     common: dict[str, Any] = {
         "batch_size": config.batch_size,
         "num_workers": config.num_workers,
@@ -215,9 +214,18 @@ def _loaders(
         "pin_memory": pin,
         "worker_threads": max(1, spec.threads // max(1, config.num_workers)),
     }
+
+    def held_out(recordings: list[Recording]) -> Batches:
+        # Each rank assesses every world_size-th sample (see loop.assess), no padding.
+        part: Any = WaveformDataset(recordings, split.classes, fmt)
+        if info.enabled:
+            part = Subset(part, list(range(info.rank, len(part), info.world_size)))
+        return make_loader(part, shuffle=False, **common)
+
     return Loaders(
         train=make_loader(train_ds, shuffle=True, sampler=sampler, **common),
-        val=make_loader(val_part, shuffle=False, **common),
+        val=held_out(split.val),
+        test=held_out(split.test) if split.test else None,
     )
 
 

@@ -1,15 +1,16 @@
 """A job's training from start (or its latest checkpoint) to its result: a plain typed function.
 
-`train(spec, sink, stop)` emits JobStarted, BatchProgress, EpochCompleted and CheckpointSaved
-through `sink`, checks `stop` every batch (training and validation), and returns a TrainResult
-holding the job's JobCompleted; the caller decides whether it may still be emitted (see
-`process.py`). The pieces: `run.py` builds the run, `loop.py` runs its epochs, `state.py` says
-what a checkpoint holds, `artifacts.py` writes them and the ONNX model.
+`train(spec, sink, stop)` emits JobStarted, BatchProgress, EpochCompleted, EvaluationCompleted
+(validation every epoch, the test set once at the end) and CheckpointSaved through `sink`,
+checks `stop` every batch (training and evaluation), and returns a TrainResult holding the
+job's JobCompleted; the caller decides whether it may still be emitted (see `process.py`).
+The pieces: `run.py` builds the run, `loop.py` runs its epochs, `state.py` says what a
+checkpoint holds, `artifacts.py` writes them and the ONNX model.
 """
 
 from __future__ import annotations
 
-import math
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -18,15 +19,16 @@ import torch
 from services.worker import ddp, state
 from services.worker.artifact_sync import drop
 from services.worker.artifacts import export_best, save_hold
-from services.worker.checkpoint import BEST
+from services.worker.checkpoint import BEST, load_checkpoint
 from services.worker.ddp import SINGLE, DistInfo
 from services.worker.errors import TrainingCancelled
-from services.worker.loop import run_epoch
+from services.worker.loop import assess, run_epoch
 from services.worker.preempt import Held, HoldSignal
 from services.worker.progress import EventSink, ProgressReporter, StopSignal
 from services.worker.resume import RESUME, ResumePoint, latest_point
 from services.worker.run import Run, TrainSpec, fit_features, prepare
 from shared.events import EpochCompleted, JobCompleted, JobStarted, JobWarning
+from shared.splits import test_problem
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +70,7 @@ def train(
         logger.info("resuming", epoch=point.epoch, batch=point.batch, checkpoint=str(point.path))
         state.restore(run, point.state)
     history, last = _epochs(run, sink, stop, hold, point)
-    completed = _finish(run, last, stop)
+    completed = _finish(run, sink, last, stop)
     logger.info("training finished", epochs=completed.epochs_run, onnx=completed.onnx_max_abs_diff)
     return TrainResult(completed=completed, seed=run.seed, history=history)
 
@@ -82,6 +84,7 @@ def _started(run: Run, point: ResumePoint | None) -> JobStarted:
         dataset_size=run.split.size,
         train_samples=len(run.split.train),
         val_samples=len(run.split.val),
+        test_samples=len(run.split.test),
         num_classes=len(run.split.classes),
         total_batches=len(run.train_loader),
         start_epoch=point.epoch if point else 1,
@@ -111,6 +114,10 @@ def _warnings(run: Run) -> list[str]:
             f" from this job's {run.split.classes}; the backbone starts from its weights and"
             " the head from a fresh initialisation"
         )
+    counts = Counter(r.label for r in run.spec.recordings)
+    no_test = test_problem(counts, config.validation_split, config.test_split)
+    if no_test:
+        out.append(no_test)
     if config.aug_freq_shift_hz > 0 and getattr(run.params, "channels", "real") != "iq":
         out.append(
             "aug_freq_shift_hz applies to IQ recordings only (a real signal has no sign of"
@@ -157,9 +164,27 @@ def _epochs(
     return history, last
 
 
-def _finish(run: Run, last: int, stop: StopSignal) -> JobCompleted:
-    """The job's JobCompleted, after the ONNX export (rank 0); removes the pause checkpoint."""
+def _test(run: Run, sink: EventSink, stop: StopSignal) -> None:
+    """The test set's evaluation with the best epoch's weights, once (every rank takes part;
+    rank 0 emits). A re-run after a crash may emit it again: the recorder keeps the first."""
+    loader, best = run.loaders.test, run.early.best_epoch
+    if loader is None or best is None:
+        return
+    ddp.barrier(run.info)  # best.pt is rank 0's
+    path = run.spec.out_dir / BEST
+    if not path.exists():
+        return
+    run.network.load_state_dict(load_checkpoint(path)["model"])
+    result = assess(run, loader, run.split.test, stop, "test")
+    if result is not None and run.info.is_main:
+        sink.emit(result.event(run.spec.job_id, "test", best, run.split.classes))
+
+
+def _finish(run: Run, sink: EventSink, last: int, stop: StopSignal) -> JobCompleted:
+    """The test evaluation, then the job's JobCompleted after the ONNX export (rank 0);
+    removes the pause checkpoint."""
     spec, info, early = run.spec, run.info, run.early
+    _test(run, sink, stop)
     onnx_path, onnx_diff = None, None
     if info.is_main and spec.export_onnx:
         if stop.is_set():
@@ -172,9 +197,11 @@ def _finish(run: Run, last: int, stop: StopSignal) -> JobCompleted:
         job_id=spec.job_id,
         epochs_run=last,
         best_epoch=early.best_epoch,
-        best_val_loss=early.best_loss if math.isfinite(early.best_loss) else None,
+        best_val_loss=early.best_val_loss,
         checkpoint_path=str(spec.out_dir / BEST) if info.is_main else None,
         onnx_model_path=onnx_path,
         onnx_max_abs_diff=onnx_diff,
         stopped_early=early.should_stop and last < run.config.epochs,
+        monitor=run.config.monitor if run.split.val else "train_loss",
+        best_value=early.best_value,
     )

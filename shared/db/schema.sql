@@ -44,6 +44,11 @@ ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS total_batches INTEGER;
 ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS gradient_norm FLOAT;
 ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS last_event_id VARCHAR(40);
 ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS updated_at TIMESTAMP;
+-- Issue 15: the test set's size, and what picked the best epoch (config.monitor, or train_loss
+-- without validation) with the best epoch's value of it.
+ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS test_samples INTEGER;
+ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS monitor VARCHAR(20);
+ALTER TABLE training_jobs ADD COLUMN IF NOT EXISTS best_value FLOAT;
 
 CREATE INDEX IF NOT EXISTS training_jobs_created_idx ON training_jobs (created_at DESC, id);
 CREATE INDEX IF NOT EXISTS training_jobs_status_idx ON training_jobs (status, created_at DESC);
@@ -72,6 +77,27 @@ ALTER TABLE training_metrics ADD COLUMN IF NOT EXISTS epoch_time_s FLOAT;
 
 CREATE INDEX IF NOT EXISTS training_metrics_job_idx
     ON training_metrics (training_job_id, phase, epoch, batch);
+
+-- Per-class evaluations (EvaluationCompleted): validation after every epoch, the test set once
+-- (epoch = the best epoch, whose weights were tested). One row per (job, phase, epoch): a
+-- worker that re-runs a job's end after a crash emits the test evaluation again, and the first
+-- one stays (so does its phase 'test' row in training_metrics, written only with a new row here).
+CREATE TABLE IF NOT EXISTS training_evaluations (
+    training_job_id UUID NOT NULL REFERENCES training_jobs(id) ON DELETE CASCADE,
+    phase VARCHAR(10) NOT NULL,
+    epoch INTEGER NOT NULL,
+    event_id VARCHAR(40) NOT NULL,
+    timestamp TIMESTAMP NOT NULL,
+    classes JSONB NOT NULL,
+    confusion_matrix JSONB NOT NULL,
+    per_class JSONB NOT NULL,
+    accuracy_by_snr JSONB NOT NULL,
+    accuracy FLOAT NOT NULL,
+    macro_f1 FLOAT NOT NULL,
+    loss FLOAT,
+    samples INTEGER NOT NULL,
+    PRIMARY KEY (training_job_id, phase, epoch)
+);
 
 -- Every event a job emitted, in order, for replay and resume. event_id is the Redis stream id;
 -- (id_ms, id_seq) order it numerically.

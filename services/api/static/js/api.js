@@ -109,11 +109,13 @@ export async function api(path, { method = "GET", body } = {}) {
     const headers = { Accept: "application/json" };
     const token = getToken();
     if (token) headers.Authorization = `Bearer ${token}`;
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+    // A FormData body (file uploads) sets its own multipart Content-Type.
+    const form = body instanceof FormData;
+    if (body !== undefined && !form) headers["Content-Type"] = "application/json";
     const resp = await fetch(path, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined || form ? body : JSON.stringify(body),
     });
     if (resp.status === 401) {
       const reason = token ? "The API refused the stored token." : "This API requires a token.";

@@ -1,4 +1,4 @@
-// Several jobs' curves on one chart: validation loss and accuracy per epoch, overlaid.
+// Several jobs' curves on one chart: validation loss, accuracy and macro-F1 per epoch, overlaid.
 
 import { JOBS, api } from "../api.js";
 import { PALETTE, lineChart } from "../charts.js";
@@ -9,6 +9,7 @@ const METRICS = [
   ["val_loss", "Validation loss per epoch"],
   ["val_accuracy", "Validation accuracy per epoch"],
   ["train_loss", "Training loss per epoch"],
+  ["val_macro_f1", "Validation macro-F1 per epoch"],
 ];
 
 export function compareView(root, { query }) {
@@ -38,10 +39,16 @@ export function compareView(root, { query }) {
 
   async function metricsOf(id) {
     if (!cache.has(id)) {
-      cache.set(
-        id,
-        api(`${JOBS}/${encodeURIComponent(id)}/metrics?phase=epoch`).then((b) => b.metrics),
-      );
+      const base = `${JOBS}/${encodeURIComponent(id)}`;
+      // Macro-F1 comes from the evaluations, merged into the epoch rows.
+      const rows = Promise.all([
+        api(`${base}/metrics?phase=epoch`).then((b) => b.metrics),
+        api(`${base}/evaluation`).catch(() => ({ val_epochs: [], val_macro_f1: [] })),
+      ]).then(([metrics, ev]) => {
+        const f1 = new Map((ev.val_epochs ?? []).map((e, i) => [e, ev.val_macro_f1[i]]));
+        return metrics.map((r) => ({ ...r, val_macro_f1: f1.get(r.epoch) ?? null }));
+      });
+      cache.set(id, rows);
     }
     return cache.get(id);
   }

@@ -14,6 +14,7 @@ import {
 } from "../dom.js";
 import { LiveJob } from "../live.js";
 import { JobCharts } from "./job-charts.js";
+import { JobEvaluation } from "./job-eval.js";
 
 export function jobView(root, { params: [jobId], query }) {
   const url = `${JOBS}/${encodeURIComponent(jobId)}`;
@@ -23,6 +24,7 @@ export function jobView(root, { params: [jobId], query }) {
   let live = null;
   let stopped = false;
   const charts = new JobCharts();
+  const evaluation = new JobEvaluation(url);
 
   const title = h("h1", {}, "Job");
   const statusSlot = h("span");
@@ -86,6 +88,7 @@ export function jobView(root, { params: [jobId], query }) {
       artifacts,
     ),
     charts.element,
+    evaluation.element,
     h("section", { class: "panel" }, h("h2", {}, "Configuration"), configBox),
   );
 
@@ -169,7 +172,8 @@ export function jobView(root, { params: [jobId], query }) {
     const split =
       job.train_samples == null || job.val_samples == null
         ? ""
-        : ` · ${job.train_samples} train / ${job.val_samples} val`;
+        : ` · ${job.train_samples} train / ${job.val_samples} val` +
+          (job.test_samples ? ` / ${job.test_samples} test` : "");
     stats.replaceChildren(
       ...item("train loss", num(m.train_loss ?? job.train_loss)),
       ...item("val loss", num(m.val_loss ?? job.val_loss)),
@@ -181,7 +185,11 @@ export function jobView(root, { params: [jobId], query }) {
       ),
       ...item(
         "best epoch",
-        job.best_epoch == null ? "—" : `${job.best_epoch} (val loss ${num(job.best_val_loss)})`,
+        job.best_epoch == null
+          ? "—"
+          : job.monitor && job.monitor !== "val_loss" && job.best_value != null
+            ? `${job.best_epoch} (${job.monitor.replace("_", " ")} ${num(job.best_value)})`
+            : `${job.best_epoch} (val loss ${num(job.best_val_loss)})`,
       ),
       ...item("model", job.model_architecture ?? "—"),
       ...item(
@@ -267,6 +275,9 @@ export function jobView(root, { params: [jobId], query }) {
       case "epoch_completed":
         charts.addEpochs([message]);
         break;
+      case "evaluation":
+        evaluation.add(message);
+        break;
       case "error":
         actionError.replaceChildren(errorBox(message.message));
         break;
@@ -351,6 +362,7 @@ export function jobView(root, { params: [jobId], query }) {
     charts.addEpochs(epochRows.metrics);
     charts.fillBatches(batchRows.metrics, job.total_batches);
     renderStatus();
+    await evaluation.load();
     if (!isFinished(job.status)) {
       live = new LiveJob(jobId, {
         after: job.last_event_id ?? "0-0",
