@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any
 
 import numpy as np
@@ -23,9 +23,10 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 
 from services.api.errors import Conflict, InvalidInput, NotFound
-from services.api.jobs import _inside_job_dir, _job_or_404, _now, _res
+from services.api.jobs import _job_or_404, _now, _res
 from services.api.predict_input import ModelInput, read_uploads
 from shared.settings import Settings
+from shared.storage import check_key, job_key
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,7 @@ def predict_route(settings: Settings, cache: ModelCache) -> Any:
                 f"job {job_id} has no model yet (it is {now['status']}); predictions use the"
                 " ONNX model a completed job exports"
             )
-        path = _inside_job_dir(res.settings.artifacts_dir, job_id, stored)
-        if path is None or not path.is_file():
-            raise NotFound(f"the ONNX model file of job {job_id} is missing")
+        path = await asyncio.to_thread(_model_file, res, job_id, stored)
         files = data.files if isinstance(data.files, list) else [data.files]
         if not files:
             raise InvalidInput("files: at least one file part is needed", "files")
@@ -142,3 +141,25 @@ def predict_route(settings: Settings, cache: ModelCache) -> Any:
         }
 
     return predict
+
+
+def _model_file(res: Any, job_id: str, stored: str) -> Path:
+    """A local copy of the job's ONNX model: the file itself in a `file://` store, else a copy
+    downloaded once under `<data dir>/cache/models/<job id>/`. NotFound when it is missing."""
+    name = PurePath(stored).name
+    try:
+        key = job_key(job_id, check_key(name))
+    except ValueError:
+        raise NotFound(f"the ONNX model file of job {job_id} is missing") from None
+    local = res.blobs.local_path(key)
+    if local is not None:
+        if not local.is_file():
+            raise NotFound(f"the ONNX model file of job {job_id} is missing")
+        return Path(local)
+    copy = res.settings.data_dir / "cache" / "models" / job_id / name
+    if not copy.is_file():
+        try:
+            res.blobs.get_file(key, copy)
+        except NotFound:
+            raise NotFound(f"the ONNX model file of job {job_id} is missing") from None
+    return copy
