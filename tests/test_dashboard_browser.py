@@ -409,7 +409,7 @@ async def test_new_job_defaults_fit_a_cpu_worker_and_the_job_completes(
     a job that trains to the end on this machine. The seed's defaults stay one click away."""
     from support.worker import worker_process
 
-    await write_synthetic(db, settings.datasets_dir, "default", 200, seed=3, duration_s=0.25)
+    await write_synthetic(db, open_store(settings), "default", 200, seed=3, duration_s=0.25)
     with worker_process(settings, tmp_path / "worker.log") as worker:
 
         async def connected() -> bool:

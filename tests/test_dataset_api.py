@@ -22,7 +22,7 @@ from shared.config import TrainingConfig
 from shared.datasets import add_recordings, ensure_dataset, select_recordings, write_synthetic
 from shared.importer import scan_import_dir
 from shared.settings import Settings
-from shared.storage import open_store
+from shared.storage import BlobStore, StorageConfig, open_store
 
 JOBS = "/api/v1/training/jobs"
 
@@ -105,7 +105,8 @@ async def test_resynthesising_with_the_same_seed_gives_the_same_split(
 
     async def synth(folder: str, seed: int) -> list[str]:
         await db.execute("DELETE FROM recordings")
-        await write_synthetic(db, tmp_path / folder, "demo", 28, seed=seed, duration_s=0.1)
+        store = BlobStore(StorageConfig((tmp_path / folder).resolve().as_uri()))
+        await write_synthetic(db, store, "demo", 28, seed=seed, duration_s=0.1)
         recordings = await select_recordings(db, "demo", min_snr_db=-100, only_approved=False)
         split = stratified_split(recordings, 0.25, 7)
         assert split.val

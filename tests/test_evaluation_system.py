@@ -27,6 +27,7 @@ from shared.emit import AsyncEmitter
 from shared.events import EvaluationCompleted, decode_event
 from shared.redis_clients import arq_client
 from shared.settings import Settings
+from shared.storage import open_store
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,7 +40,7 @@ CONFIG = {**TINY, "dataset": "ev", "seed": 4, "epochs": 2, "test_split": 0.2}
 
 @pytest.fixture
 async def system(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[AsyncTestClient[Any]]:
-    await write_synthetic(db, settings.datasets_dir, "ev", 70, seed=2, duration_s=0.25)
+    await write_synthetic(db, open_store(settings), "ev", 70, seed=2, duration_s=0.25)
     async with running_system(settings) as client:
         yield client
 
