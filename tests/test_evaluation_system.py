@@ -68,11 +68,13 @@ def _check_split(split: dict[str, Any], classes: list[str], size: int) -> None:
     assert sum(b["support"] for b in split["accuracy_by_snr"]) <= size
 
 
-async def _wav_files(db: asyncpg.Connection, count: int) -> list[Path]:
+async def _wav_files(db: asyncpg.Connection, settings: Settings, count: int) -> list[Path]:
+    """Files of recordings of the dataset: the rows hold store keys (a file:// store here)."""
     rows = await db.fetch(
         "SELECT path FROM recordings WHERE dataset = 'ev' ORDER BY label, id LIMIT $1", count
     )
-    return [Path(r["path"]) for r in rows]
+    store = open_store(settings)
+    return [store.local_path(r["path"]) or Path(r["path"]) for r in rows]
 
 
 async def test_evaluation_test_rows_and_predictions(
@@ -134,7 +136,7 @@ async def test_evaluation_test_rows_and_predictions(
     assert len(rows["metrics"]) == 1
 
     # Predictions: probabilities sum to 1 and agree with onnxruntime run directly.
-    wavs = await _wav_files(db, 3)
+    wavs = await _wav_files(db, settings, 3)
     files = [("files", (p.name, p.read_bytes(), "audio/wav")) for p in wavs]
     resp = await system.post(f"{JOBS}/{job_id}/predict", files=files)
     assert resp.status_code == 200, resp.text
