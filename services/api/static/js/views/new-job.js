@@ -9,7 +9,15 @@ const GROUPS = [
   ["Model", ["model_architecture", "pretrained", "freeze_backbone", "init_from_job"]],
   [
     "Data",
-    ["dataset", "batch_size", "num_workers", "validation_split", "min_snr_db", "only_approved"],
+    [
+      "dataset",
+      "batch_size",
+      "num_workers",
+      "validation_split",
+      "test_split",
+      "min_snr_db",
+      "only_approved",
+    ],
   ],
   ["Features", ["n_mels", "n_fft", "hop_length", "sample_rate", "num_samples"]],
   [
@@ -25,7 +33,7 @@ const GROUPS = [
       "grad_clip_norm",
     ],
   ],
-  ["Scheduler", ["lr_scheduler", "warmup_epochs", "early_stop_patience"]],
+  ["Scheduler", ["lr_scheduler", "warmup_epochs", "early_stop_patience", "monitor"]],
   [
     "Augmentation (training batches only)",
     [
