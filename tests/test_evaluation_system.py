@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import msgspec
 import numpy as np
 import onnxruntime as ort
@@ -39,13 +40,13 @@ CONFIG = {**TINY, "dataset": "ev", "seed": 4, "epochs": 2, "test_split": 0.2}
 
 
 @pytest.fixture
-async def system(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[AsyncTestClient[Any]]:
+async def system(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
     await write_synthetic(db, open_store(settings), "ev", 70, seed=2, duration_s=0.25)
     async with running_system(settings) as client:
         yield client
 
 
-async def _finished(client: AsyncTestClient[Any], job_id: str) -> dict[str, Any]:
+async def _finished(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
     async def done() -> dict[str, Any] | None:
         job = (await client.get(f"{JOBS}/{job_id}")).json()["job"]
         return job if job["status"] in ("completed", "failed", "cancelled") else None
@@ -78,7 +79,7 @@ async def _wav_files(db: asyncpg.Connection, settings: Settings, count: int) -> 
 
 
 async def test_evaluation_test_rows_and_predictions(
-    system: AsyncTestClient[Any], settings: Settings, db: asyncpg.Connection, tmp_path: Path
+    system: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     job_id = (await system.post(JOBS, json={"job_name": "ev", "config": CONFIG})).json()["id"]
     job = await _finished(system, job_id)

@@ -21,7 +21,6 @@ import httpx
 import pytest
 import redis.asyncio as aredis
 import websockets
-from litestar.testing import AsyncTestClient
 from support import running_system, serve_api, wait_for
 from support.worker import SMALL
 from support.ws import make_job, recv_all, recv_json, ws_url
@@ -52,22 +51,22 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def system(settings: Settings, dataset: str) -> AsyncIterator[AsyncTestClient[Any]]:
+async def system(settings: Settings, dataset: str) -> AsyncIterator[httpx.AsyncClient]:
     async with running_system(settings) as client:
         yield client
 
 
-async def _submit(client: AsyncTestClient[Any], **config: Any) -> str:
+async def _submit(client: httpx.AsyncClient, **config: Any) -> str:
     resp = await client.post(JOBS, json={"job_name": "life", "config": {**SMALL, **config}})
     assert resp.status_code == 201, resp.text
     return str(resp.json()["id"])
 
 
-async def _job(client: AsyncTestClient[Any], job_id: str) -> dict[str, Any]:
+async def _job(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
     return (await client.get(f"{JOBS}/{job_id}")).json()["job"]
 
 
-async def _running(client: AsyncTestClient[Any], job_id: str) -> None:
+async def _running(client: httpx.AsyncClient, job_id: str) -> None:
     async def batches() -> bool:
         job = await _job(client, job_id)
         assert job["status"] not in FINISHED, job
@@ -136,7 +135,7 @@ async def test_every_spelling_names_the_one_job(
 
 
 async def test_cancel_in_another_spelling_stops_a_running_job(
-    system: AsyncTestClient[Any], redis_client: aredis.Redis
+    system: httpx.AsyncClient, redis_client: aredis.Redis
 ) -> None:
     job_id = await _submit(system, epochs=200)
     await _running(system, job_id)
@@ -159,13 +158,13 @@ async def test_cancel_in_another_spelling_stops_a_running_job(
     assert again.status_code == 409
 
 
-async def _finished(client: AsyncTestClient[Any], job_id: str) -> dict[str, Any] | None:
+async def _finished(client: httpx.AsyncClient, job_id: str) -> dict[str, Any] | None:
     job = await _job(client, job_id)
     return job if job["status"] in FINISHED else None
 
 
 async def test_delete_in_another_spelling_leaves_no_trace(
-    system: AsyncTestClient[Any], settings: Settings, redis_client: aredis.Redis, db: Any
+    system: httpx.AsyncClient, settings: Settings, redis_client: aredis.Redis, db: Any
 ) -> None:
     job_id = await _submit(system, epochs=200)
     await _running(system, job_id)
@@ -193,7 +192,7 @@ async def test_delete_in_another_spelling_leaves_no_trace(
 
 
 async def test_cancel_after_completion_is_409_and_the_model_stays(
-    system: AsyncTestClient[Any], redis_client: aredis.Redis
+    system: httpx.AsyncClient, redis_client: aredis.Redis
 ) -> None:
     job_id = await _submit(system, epochs=1)
 

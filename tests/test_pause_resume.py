@@ -4,14 +4,13 @@ the WebSocket showing `paused` and the resumption."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 import redis
 import redis.asyncio as aredis
 import websockets
-from litestar.testing import AsyncTestClient
 from support import running_system, serve_api, wait_for
 from support.worker import SMALL, events_of
 from support.ws import make_job, recv_json, recv_until, ws_url
@@ -44,23 +43,23 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def system(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[AsyncTestClient[Any]]:
+async def system(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
     await write_synthetic(db, open_store(settings), "synth", 84, seed=1, duration_s=0.25)
     async with running_system(settings) as client:
         yield client
 
 
-async def _status(client: AsyncTestClient[Any], job_id: str) -> str:
+async def _status(client: httpx.AsyncClient, job_id: str) -> str:
     return str((await client.get(f"{JOBS}/{job_id}")).json()["job"]["status"])
 
 
-async def _epochs(client: AsyncTestClient[Any], job_id: str) -> list[float]:
+async def _epochs(client: httpx.AsyncClient, job_id: str) -> list[float]:
     rows = (await client.get(f"{JOBS}/{job_id}/metrics")).json()["metrics"]
     return [row[k] for row in rows for k in EPOCH_KEYS]
 
 
 async def test_pause_then_resume_equals_an_uninterrupted_run(
-    system: AsyncTestClient[Any], sync_redis: redis.Redis
+    system: httpx.AsyncClient, sync_redis: redis.Redis
 ) -> None:
     client = system
     body = {"job_name": "t", "config": {**SMALL, "epochs": 5}}
@@ -112,11 +111,11 @@ async def test_pause_then_resume_equals_an_uninterrupted_run(
         assert (await client.post(path)).status_code == 404
 
 
-async def _is(client: AsyncTestClient[Any], job_id: str, status: str) -> bool:
+async def _is(client: httpx.AsyncClient, job_id: str, status: str) -> bool:
     return await _status(client, job_id) == status
 
 
-async def _done(client: AsyncTestClient[Any], job_id: str) -> bool:
+async def _done(client: httpx.AsyncClient, job_id: str) -> bool:
     status = await _status(client, job_id)
     assert status not in ("failed", "cancelled"), status
     return status == "completed"

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
-from litestar.testing import AsyncTestClient
 from support import TINY, running_system, wait_for
 from support.cli import run_heimdall
 from support.memory import sampled_rss
@@ -34,7 +34,7 @@ def _import(settings: Settings, src: Path, name: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-async def _finish(client: AsyncTestClient[Any], config: dict[str, Any]) -> dict[str, Any]:
+async def _finish(client: httpx.AsyncClient, config: dict[str, Any]) -> dict[str, Any]:
     created = await client.post(JOBS, json={"job_name": "rec", "config": config})
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from arq.connections import RedisSettings, create_pool
 from arq.jobs import Job
-from litestar.testing import AsyncTestClient
 from support import TINY, running_system, wait_for
 
 from services.tracking import TrackingSettings
@@ -48,18 +48,18 @@ def mlflow_uri(settings: Settings) -> str:
 @pytest.fixture
 async def system(
     settings: Settings, db: asyncpg.Connection, mlflow_uri: str
-) -> AsyncIterator[AsyncTestClient[Any]]:
+) -> AsyncIterator[httpx.AsyncClient]:
     await write_synthetic(db, open_store(settings), "sys", 70, seed=2, duration_s=0.25)
     async with running_system(settings, TrackingSettings(mlflow_uri=mlflow_uri)) as client:
         yield client
 
 
-async def _job(client: AsyncTestClient[Any], job_id: str) -> dict[str, Any]:
+async def _job(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
     return (await client.get(f"{JOBS}/{job_id}")).json()["job"]  # type: ignore[no-any-return]
 
 
 async def test_job_trains_to_completion_through_the_whole_system(
-    system: AsyncTestClient[Any], settings: Settings, mlflow_uri: str
+    system: httpx.AsyncClient, settings: Settings, mlflow_uri: str
 ) -> None:
     created = (
         await system.post(JOBS, json={"job_name": "e2e", "config": {**SMALL, "epochs": 3}})
@@ -111,7 +111,7 @@ async def test_job_trains_to_completion_through_the_whole_system(
 
 
 async def test_cancel_through_the_api_stops_the_worker(
-    system: AsyncTestClient[Any], settings: Settings
+    system: httpx.AsyncClient, settings: Settings
 ) -> None:
     config = {**SMALL, "epochs": 50}
     created = (await system.post(JOBS, json={"job_name": "long", "config": config})).json()

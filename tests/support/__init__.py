@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
-from litestar.testing import AsyncTestClient
 
 from services.tracking.settings import TrackingSettings
 from shared.datasets import Recording
@@ -109,13 +109,21 @@ def synthetic_recordings(
     return out
 
 
+REQUEST_TIMEOUT_S = 60.0
+"""A request's limit in the system tests (httpx's default of 5 s is short on a loaded machine)."""
+
+
 @contextlib.asynccontextmanager
 async def running_system(
     settings: Settings, tracking: TrackingSettings | None = None
-) -> AsyncIterator[AsyncTestClient[Any]]:
+) -> AsyncIterator[httpx.AsyncClient]:
     """The whole system in this process: the recorder, an arq worker (training in its own
-    processes, followed by the `tracking` trackers) and the API, stopped in reverse order."""
-    from services.api.app import create_app
+    processes, followed by the `tracking` trackers) and the API, stopped in reverse order.
+
+    The API is served on a real port on this event loop, not through litestar's test client:
+    that client's transport blocks the calling loop for the length of each request, freezing
+    the recorder and the worker beside it; a DELETE then waited forever on a row lock the
+    frozen recorder held in its open transaction."""
     from services.recorder.app import run_recorder
     from services.worker.app import create_worker
 
@@ -124,7 +132,10 @@ async def running_system(
     worker = create_worker(settings, handle_signals=False, poll_delay_s=0.05, tracking=tracking)
     working = asyncio.create_task(worker.async_run())
     try:
-        async with AsyncTestClient(app=create_app(settings)) as client:
+        async with (
+            serve_api(settings) as base,
+            httpx.AsyncClient(base_url=base, timeout=REQUEST_TIMEOUT_S) as client,
+        ):
             yield client
     finally:
         working.cancel()
