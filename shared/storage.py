@@ -90,6 +90,17 @@ def job_key(job_id: str, name: str = "") -> str:
     return f"jobs/{job_id}/{name}"
 
 
+def tensorboard_key(job_id: str, name: str = "") -> str:
+    """A job's TensorBoard event file `name`, or with no name their prefix: the path they have
+    under the data dir, so a `file://` store on the data dir holds them where they are written."""
+    return f"tensorboard/{job_id}/{name}"
+
+
+def job_prefixes(job_id: str) -> tuple[str, ...]:
+    """Every prefix under which the store keeps a job's objects."""
+    return (job_key(job_id), tensorboard_key(job_id))
+
+
 class BlobStore:
     """One store: put, get (to a file or as a stream), list and delete by prefix."""
 
@@ -167,11 +178,15 @@ class BlobStore:
 
     def list(self, prefix: str) -> list[str]:
         """Every key under `prefix` (a `/`-terminated folder-like prefix), sorted."""
-        keys: list[str] = []
+        return sorted(self.sizes(prefix))
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every key under `prefix` with its size in bytes."""
+        found: dict[str, int] = {}
         with _errors(prefix):
             for batch in obstore.list(self._store, prefix or None):
-                keys.extend(meta["path"] for meta in batch)
-        return sorted(keys)
+                found.update((meta["path"], int(meta["size"])) for meta in batch)
+        return found
 
     def delete(self, key: str) -> None:
         """Delete one object; an absent one is no error."""
@@ -188,6 +203,10 @@ class BlobStore:
         if self.local_root is not None:  # a file store keeps the emptied folders otherwise
             shutil.rmtree(self.local_root / prefix, ignore_errors=True)
         return len(keys)
+
+    def delete_job(self, job_id: str) -> int:
+        """Delete every object of the job (artifacts, evaluations, TensorBoard files)."""
+        return sum(self.delete_prefix(prefix) for prefix in job_prefixes(job_id))
 
     async def size_async(self, key: str) -> int:
         with _errors(key):

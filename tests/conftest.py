@@ -9,6 +9,7 @@ Each test gets its own PostgreSQL database (migrated) and an empty Redis databas
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ import asyncpg
 import pytest
 import redis
 import redis.asyncio as aredis
+from support.s3 import BUCKET, S3Server, moto_server
 
 from services.cli.embedded import embedded_stores
 from shared.db import connect, migrate
@@ -116,3 +118,30 @@ async def dataset(settings: Settings, db: asyncpg.Connection) -> str:
     from support.worker import synth_dataset
 
     return await synth_dataset(settings, db)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server, started for the session by the first test that asks for it."""
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with moto_server(log) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture(params=["file", "s3"])
+def stored(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Settings:
+    """The test's settings pointed at a store outside every data dir: a `file://` folder, or
+    a fresh prefix of the moto bucket."""
+    if request.param == "file":
+        return dataclasses.replace(settings, storage_url=(tmp_path / "blobs").as_uri())
+    server: S3Server = request.getfixturevalue("s3")
+    env = server.env()
+    return dataclasses.replace(
+        settings,
+        storage_url=f"s3://{BUCKET}/{uuid.uuid4().hex}",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        aws_region=env["AWS_REGION"],
+        aws_endpoint_url=env["AWS_ENDPOINT_URL"],
+    )

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import redis
 from litestar.testing import AsyncTestClient
 from support import synthetic_recordings, wait_for
 from support.cli import REPO, service_env
-from support.s3 import S3Server, moto_server
+from support.s3 import BUCKET, S3Server
 from support.worker import burst_worker, events_of, small_config, submit
 
 from services.worker.cache import DatasetCache
@@ -30,41 +29,14 @@ from services.worker.errors import DatasetError
 from shared.datasets import Recording
 from shared.events import BatchProgress, CheckpointSaved, JobCompleted, JobStarted
 from shared.settings import Settings
-from shared.storage import BlobStore, StorageConfig, job_key
+from shared.storage import BlobStore, StorageConfig, job_key, job_prefixes
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
 ]
 
-BUCKET = "heimdall-tests"
 JOBS = "/api/v1/training/jobs"
-
-
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with moto_server(log) as server:
-        server.create_bucket(BUCKET)
-        yield server
-
-
-@pytest.fixture(params=["file", "s3"])
-def stored(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Settings:
-    """The test's settings pointed at a store outside every data dir: a `file://` folder, or
-    a fresh prefix of the moto bucket."""
-    if request.param == "file":
-        return dataclasses.replace(settings, storage_url=(tmp_path / "blobs").as_uri())
-    server: S3Server = request.getfixturevalue("s3")
-    env = server.env()
-    return dataclasses.replace(
-        settings,
-        storage_url=f"s3://{BUCKET}/{uuid.uuid4().hex}",
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        aws_region=env["AWS_REGION"],
-        aws_endpoint_url=env["AWS_ENDPOINT_URL"],
-    )
 
 
 def _env(settings: Settings, data_dir: Path) -> dict[str, str]:
@@ -191,7 +163,7 @@ async def test_import_train_resume_elsewhere_download_delete(
             assert got.content == store.get_bytes(job_key(job_id, name))
             assert got.headers["content-length"] == str(len(got.content))
         assert (await client.delete(f"{JOBS}/{job_id}")).status_code == 204
-    assert store.list(job_key(job_id)) == []
+    assert [key for prefix in job_prefixes(job_id) for key in store.list(prefix)] == []
 
 
 async def _ok(request: Any) -> Any:

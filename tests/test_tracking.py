@@ -18,7 +18,9 @@ import pytest
 import redis.asyncio as aredis
 
 from services.tracking import JobTrackers, TrackingSettings, delete_tracking, track_job
-from services.tracking.settings import state_path, tensorboard_dir
+from services.tracking.evaluation import evaluation_document
+from services.tracking.export import StoreExport, pull_tensorboard
+from services.tracking.settings import state_path, tensorboard_dir, tensorboard_root
 from services.tracking.tensorboard import EPOCH_METRICS
 from shared import keys
 from shared.commands import DeleteJob
@@ -40,6 +42,14 @@ from shared.events import (
     parse_event_id,
 )
 from shared.settings import Settings
+from shared.storage import (
+    BlobStore,
+    StorageConfig,
+    job_key,
+    job_prefixes,
+    open_store,
+    tensorboard_key,
+)
 
 tensorboard = pytest.importorskip(
     "tensorboard",
@@ -398,3 +408,91 @@ async def test_tracking_stops_when_the_job_is_deleted(
 def test_a_job_id_cannot_name_a_folder_outside_its_own(job_id: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a job id"):
         delete_tracking(Settings(data_dir=tmp_path), job_id)
+
+
+async def test_evaluations_and_event_files_reach_the_store(
+    stored: Settings, redis_client: aredis.Redis, tmp_path: Path
+) -> None:
+    """A store outside the data dir (a `file://` folder, or S3) gets every evaluation as JSON
+    and the job's final event files; another machine's `heimdall tensorboard` pulls them back;
+    deleting the job's objects leaves none."""
+    store = open_store(stored)
+    job_id = "exported"
+    task = asyncio.create_task(
+        track_job(stored, redis_client, job_id, CONFIG, mlflow_uri=None, store=store)
+    )
+    await emit_job(stored, redis_client, job_id)
+    await asyncio.wait_for(task, timeout=60)
+
+    names = [k.rsplit("/", 1)[-1] for k in store.list(job_key(job_id, "evaluation/"))]
+    want = sorted([f"val-epoch-{e}.json" for e in range(1, EPOCHS + 1)] + ["test-epoch-3.json"])
+    assert names == want
+    test_doc = json.loads(store.get_bytes(job_key(job_id, "evaluation/test-epoch-3.json")))
+    assert test_doc == json.loads(
+        json.dumps(evaluation_document(evaluation_event(job_id, "test", 3)))
+    )
+    assert test_doc["confusion_matrix"] == [[3, 1], [0, 2]] and test_doc["phase"] == "test"
+
+    local = {p.name: p.read_bytes() for p in tensorboard_dir(stored, job_id).iterdir()}
+    remote = {k.rsplit("/", 1)[-1]: store.get_bytes(k) for k in store.list(tensorboard_key(job_id))}
+    assert remote == local and local, "the store holds the closed event files as written"
+
+    elsewhere = Settings(data_dir=tmp_path / "viewer")
+    root = tensorboard_root(elsewhere)
+    assert pull_tensorboard(store, root) == len(local)
+    assert pull_tensorboard(store, root) == 0, "an unchanged file is not pulled twice"
+    assert_epoch_scalars(read_scalars(tensorboard_dir(elsewhere, job_id)), job_id)
+
+    assert store.delete_job(job_id) == len(want) + len(local)
+    assert [k for prefix in job_prefixes(job_id) for k in store.list(prefix)] == []
+
+
+def test_event_files_upload_when_changed_and_at_most_every_interval(tmp_path: Path) -> None:
+    store = BlobStore(StorageConfig((tmp_path / "blobs").as_uri()))
+    folder = tmp_path / "tb"
+    folder.mkdir()
+    (folder / "events.1").write_bytes(b"a")
+    export = StoreExport(store, "job", folder, interval_s=3600)
+    assert export.sync_tensorboard() == 1
+    (folder / "events.1").write_bytes(b"ab")
+    (folder / "events.2").write_bytes(b"c")
+    assert export.sync_tensorboard() == 0, "within the interval nothing is sent"
+    assert export.sync_tensorboard(force=True) == 2
+    assert export.sync_tensorboard(force=True) == 0, "unchanged files are not sent again"
+    assert store.get_bytes(tensorboard_key("job", "events.1")) == b"ab"
+
+
+async def test_the_default_store_writes_evaluations_beside_the_model_and_copies_nothing(
+    settings: Settings, redis_client: aredis.Redis
+) -> None:
+    store = open_store(settings)  # file:// on the data dir
+    task = asyncio.create_task(
+        track_job(settings, redis_client, "here", CONFIG, mlflow_uri=None, store=store)
+    )
+    await emit_job(settings, redis_client, "here")
+    await asyncio.wait_for(task, timeout=30)
+    evaluations = settings.artifacts_dir / "here" / "evaluation"
+    assert (evaluations / "test-epoch-3.json").is_file()
+    # The event files are the store's objects already: one copy on disk, where TensorBoard wrote.
+    assert store.list(tensorboard_key("here")) == [
+        f"tensorboard/here/{p.name}" for p in sorted(tensorboard_dir(settings, "here").iterdir())
+    ]
+    assert pull_tensorboard(store, tensorboard_root(settings)) == 0
+
+
+async def test_a_failing_store_is_one_warning_and_tensorboard_goes_on(
+    settings: Settings, redis_client: aredis.Redis, tmp_path: Path
+) -> None:
+    root = tmp_path / "broken"
+    root.mkdir()
+    (root / "jobs").write_text("a file where the store's folder should be")
+    store = BlobStore(StorageConfig(root.as_uri()))
+    task = asyncio.create_task(
+        track_job(settings, redis_client, "stuck", CONFIG, mlflow_uri=None, store=store)
+    )
+    await emit_job(settings, redis_client, "stuck")
+    await asyncio.wait_for(task, timeout=30)
+    warnings = [e for e in await stream_events(redis_client, "stuck") if isinstance(e, JobWarning)]
+    assert len(warnings) == 1
+    assert warnings[0].message.startswith("object storage unavailable for tracking output")
+    assert_epoch_scalars(read_scalars(tensorboard_dir(settings, "stuck")), "stuck")

@@ -216,7 +216,7 @@ class JobsController(Controller):
         await forget(res.redis, job_id)
         await store.delete_job(res.db, job_id)
         _remove_artifacts(res.settings.artifacts_dir, job_id)
-        await asyncio.to_thread(res.blobs.delete_prefix, object_key(job_id))
+        await asyncio.to_thread(res.blobs.delete_job, job_id)
         await asyncio.to_thread(delete_tracking, res.settings, job_id)
         log.info("job deleted", job_id=job_id)
 

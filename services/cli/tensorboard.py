@@ -1,4 +1,8 @@
-"""`heimdall tensorboard`: TensorBoard over every job's event files (one run per job)."""
+"""`heimdall tensorboard`: TensorBoard over every job's event files (one run per job).
+
+With object storage (`HEIMDALL_STORAGE_URL=s3://...`) the event files that workers on other
+machines wrote are pulled from the store into this data dir first, and again every
+`SYNC_INTERVAL_S` while TensorBoard runs."""
 
 from __future__ import annotations
 
@@ -7,8 +11,11 @@ import sys
 
 import structlog
 
+from services.tracking.export import SYNC_INTERVAL_S, pull_tensorboard
 from services.tracking.settings import tensorboard_installed, tensorboard_root
+from shared.errors import HeimdallError
 from shared.settings import Settings
+from shared.storage import BlobStore, open_store
 
 log = structlog.get_logger(__name__)
 
@@ -56,14 +63,28 @@ def stop_tensorboard(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def _pull(store: BlobStore, settings: Settings) -> None:
+    try:
+        pull_tensorboard(store, tensorboard_root(settings))
+    except HeimdallError as exc:
+        log.warning("tensorboard files not pulled from storage", reason=exc.detail)
+
+
 def run_tensorboard(settings: Settings, port: int = 6006, host: str = "127.0.0.1") -> None:
     """Serve TensorBoard until Ctrl-C (or SIGTERM turned into KeyboardInterrupt); its exit
     status becomes ours when it stops by itself (port taken, bad flags)."""
+    store = open_store(settings)
+    _pull(store, settings)
     process = start_tensorboard(settings, port, host)
     logdir = str(tensorboard_root(settings))
     log.info("tensorboard started", url=f"http://{host}:{port}/", logdir=logdir)
     try:
-        code = process.wait()
+        while True:
+            try:
+                code = process.wait(timeout=SYNC_INTERVAL_S)
+                break
+            except subprocess.TimeoutExpired:
+                _pull(store, settings)
     except KeyboardInterrupt:
         code = 0
     finally:

@@ -25,6 +25,7 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.tracking.export import StoreExport
 from services.tracking.mlflow_sink import MlflowSink
 from services.tracking.settings import (
     DEFAULT_MLFLOW_TIMEOUT_S,
@@ -37,6 +38,7 @@ from services.tracking.tensorboard import TensorBoardSink
 from shared import keys
 from shared.commands import DeleteJob
 from shared.emit import AsyncEmitter
+from shared.errors import HeimdallError
 from shared.events import (
     Event,
     JobCancelled,
@@ -49,6 +51,7 @@ from shared.events import (
 )
 from shared.retry import Backoff, retry
 from shared.settings import Settings
+from shared.storage import BlobStore
 
 log = structlog.get_logger(__name__)
 
@@ -120,6 +123,7 @@ class _Tracking:
         self.state = _load_state(self.state_file)
         self.tensorboard: TensorBoardSink | None = None
         self.mlflow: MlflowSink | None = None
+        self.export: StoreExport | None = None
         self._mlflow_warned = False
         self._linked = False
 
@@ -133,6 +137,22 @@ class _Tracking:
             self.tensorboard = await asyncio.to_thread(TensorBoardSink, path)
         except Exception as exc:
             await self.warn(f"TensorBoard unavailable: {exc}; the job goes on")
+
+    def open_export(self, store: BlobStore) -> None:
+        folder = self.tensorboard.log_dir if self.tensorboard is not None else None
+        self.export = StoreExport(store, self.job_id, folder)
+
+    async def _export(self, events: list[Event], *, final: bool = False) -> None:
+        export = self.export
+        if export is None:
+            return
+        try:
+            await asyncio.to_thread(export.write, events)
+            await asyncio.to_thread(export.sync_tensorboard, force=final)
+        except HeimdallError as exc:
+            self.export = None
+            detail = f"object storage unavailable for tracking output: {exc.detail}"
+            await self.warn(f"{detail}; the job goes on")
 
     async def open_mlflow(self, uri: str, timeout_s: float, config: Mapping[str, Any]) -> None:
         self.mlflow = MlflowSink(uri, self.job_id, timeout_s)
@@ -168,6 +188,7 @@ class _Tracking:
         if self.mlflow is not None:
             await self.mlflow.write(events)
             await self._check_mlflow()
+        await self._export(events)
         await asyncio.to_thread(_save_state, self.state_file, self.state)
         if not self._linked and any(isinstance(e, JobStarted) for e in events):
             await self.link()
@@ -191,6 +212,11 @@ class _Tracking:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close_tensorboard)
+
+    async def finish(self) -> None:
+        """The job has ended: close the event files and send their last state to the store."""
+        await self.close()
+        await self._export([], final=True)
 
 
 async def _follow(tracking: _Tracking) -> None:
@@ -231,9 +257,11 @@ async def track_job(
     mlflow_uri: str | None,
     tensorboard: bool = True,
     mlflow_timeout_s: float = DEFAULT_MLFLOW_TIMEOUT_S,
+    store: BlobStore | None = None,
 ) -> None:
     """Track one job until its final event: TensorBoard when `tensorboard` is on and the package
-    is installed, MLflow when `mlflow_uri` is given. Never raises except on cancellation."""
+    is installed, MLflow when `mlflow_uri` is given, the evaluations and event files copied to
+    `store` when one is given (see export.py). Never raises except on cancellation."""
     with structlog.contextvars.bound_contextvars(job_id=job_id):
         try:
             tracking = _Tracking(settings, client, job_id)
@@ -248,12 +276,16 @@ async def track_job(
                 await tracking.open_tensorboard()
             if mlflow_uri:
                 await tracking.open_mlflow(mlflow_uri, mlflow_timeout_s, config)
-            if tracking.tensorboard is None and tracking.mlflow is None:
+            if store is not None:
+                tracking.open_export(store)
+            if tracking.tensorboard is None and tracking.mlflow is None and tracking.export is None:
                 return
             await _follow(tracking)
             if tracking.state.done and await tracking.deleted():
                 await tracking.close()
                 await asyncio.to_thread(delete_tracking, settings, job_id)
+            elif tracking.state.done:
+                await tracking.finish()
         except Exception:
             log.exception("tracking stopped by an error; the job goes on")
         finally:
@@ -263,16 +295,25 @@ async def track_job(
 class JobTrackers:
     """The worker's tracking tasks, one per running job; owned by the worker's lifespan."""
 
-    def __init__(self, settings: Settings, client: aredis.Redis, tracking: TrackingSettings):
+    def __init__(
+        self,
+        settings: Settings,
+        client: aredis.Redis,
+        tracking: TrackingSettings,
+        store: BlobStore | None = None,
+    ) -> None:
         self._settings = settings
         self._client = client
         self._tracking = tracking
+        self._store = store
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     @property
     def enabled(self) -> bool:
-        return bool(self._tracking.mlflow_uri) or (
-            self._tracking.tensorboard and tensorboard_installed()
+        return (
+            self._store is not None
+            or bool(self._tracking.mlflow_uri)
+            or (self._tracking.tensorboard and tensorboard_installed())
         )
 
     def start(self, job_id: str, config: Mapping[str, Any]) -> None:
@@ -288,6 +329,7 @@ class JobTrackers:
                 mlflow_uri=self._tracking.mlflow_uri,
                 tensorboard=self._tracking.tensorboard,
                 mlflow_timeout_s=self._tracking.mlflow_timeout_s,
+                store=self._store,
             ),
             name=f"track-{job_id}",
         )

@@ -25,6 +25,7 @@ from shared import keys
 from shared.db import create_pool
 from shared.redis_clients import arq_client, async_client
 from shared.settings import Settings
+from shared.storage import open_store
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +54,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     listener = CommandListener(client)
     await listener.start()
     ctx["listener"] = listener
-    ctx["trackers"] = JobTrackers(settings, client, ctx["tracking"])
+    ctx["trackers"] = JobTrackers(settings, client, ctx["tracking"], open_store(settings))
     ctx["runner"] = JobRunner(settings, ctx["db_pool"], client, listener, ctx["trackers"])
     reaper = Reaper(settings, ctx["db_pool"], client, ctx["redis"])
     ctx["reaper"] = asyncio.create_task(reaper.run_forever(), name="heimdall-reaper")

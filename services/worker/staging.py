@@ -18,7 +18,7 @@ from shared.config import TrainingConfig
 from shared.datasets import Recording
 from shared.errors import HeimdallError
 from shared.settings import Settings
-from shared.storage import StorageConfig, job_key, open_store
+from shared.storage import StorageConfig, open_store
 
 
 class Staging:
@@ -56,4 +56,4 @@ class Staging:
 
     def remove(self, job_id: str) -> int:
         """Delete every object of the job; returns how many there were."""
-        return self.store.delete_prefix(job_key(job_id))
+        return self.store.delete_job(job_id)

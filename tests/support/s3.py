@@ -15,6 +15,9 @@ from pathlib import Path
 
 from shared.net import free_port
 
+BUCKET = "heimdall-tests"
+"""The bucket the tests' server is started with; each test takes its own prefix of it."""
+
 REGION = "us-east-1"
 KEY_ID = "testing"
 SECRET = "testing"
