@@ -145,3 +145,21 @@ def stored(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -
         aws_region=env["AWS_REGION"],
         aws_endpoint_url=env["AWS_ENDPOINT_URL"],
     )
+
+
+@pytest.fixture
+def torch_one_thread() -> Iterator[None]:
+    """Training in this process on one thread: suites run beside each other on two shared
+    cores, where multi-threaded kernels spin on barriers and run many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def children_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for training processes started by the test: they inherit the variable."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")

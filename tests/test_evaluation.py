@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from support import TINY, synthetic_recordings
+from support.training import quick_spec
 
 from services.worker import loop
 from services.worker.checkpoint import load_checkpoint
@@ -30,13 +31,7 @@ from shared.splits import held_out_test
 BASE: dict[str, Any] = {**TINY, "seed": 5, "test_split": 0.2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Two shared cores: single-threaded kernels (multi-threaded ones spin on barriers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +47,7 @@ def config(**overrides: Any) -> TrainingConfig:
 
 
 def spec(recordings: list[Recording], tmp_path: Path, **overrides: Any) -> TrainSpec:
-    return TrainSpec(
-        job_id="job",
-        config=config(**overrides),
-        recordings=recordings,
-        out_dir=tmp_path / "out",
-        progress_interval_s=0.0,
-        export_onnx=False,
-    )
+    return quick_spec(config(**overrides), recordings, tmp_path / "out")
 
 
 def test_test_split_is_disjoint_stratified_and_stable(recordings: list[Recording]) -> None:
@@ -210,12 +198,11 @@ def test_monitor_val_accuracy_picks_and_exports_the_most_accurate_epoch(
     recordings: list[Recording], tmp_path: Path
 ) -> None:
     sink = ListSink()
-    job = TrainSpec(
-        job_id="job",
-        config=config(epochs=4, monitor="val_accuracy", early_stop_patience=10),
-        recordings=recordings,
-        out_dir=tmp_path / "out",
-        progress_interval_s=0.0,
+    job = quick_spec(
+        config(epochs=4, monitor="val_accuracy", early_stop_patience=10),
+        recordings,
+        tmp_path / "out",
+        export_onnx=True,
     )
     result = train(job, sink, NeverStop())
     epochs = [e for e in sink.events if isinstance(e, EpochCompleted)]

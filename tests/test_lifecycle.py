@@ -31,6 +31,7 @@ from shared.events import EpochCompleted, JobCancelled, JobCompleted, JobStarted
 from shared.settings import Settings
 
 pytestmark = [
+    pytest.mark.usefixtures("children_one_thread"),
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
 ]
@@ -43,11 +44,6 @@ def spellings(job_id: str) -> list[str]:
     """Other spellings of the same UUID that `uuid.UUID` (and PostgreSQL) accept."""
     plain = uuid.UUID(job_id).hex
     return [job_id.upper(), plain, "{" + job_id + "}", f"urn:uuid:{job_id}", plain.upper()]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

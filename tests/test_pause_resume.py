@@ -29,17 +29,13 @@ from shared.settings import Settings
 from shared.storage import open_store
 
 pytestmark = [
+    pytest.mark.usefixtures("children_one_thread"),
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
 ]
 
 JOBS = "/api/v1/training/jobs"
 EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate")
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

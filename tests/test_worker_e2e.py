@@ -33,17 +33,11 @@ from shared.events import (
 from shared.settings import Settings
 
 pytestmark = [
+    pytest.mark.usefixtures("children_one_thread"),
     pytest.mark.slow,
     # arq 0.28's Worker.close() calls redis' deprecated `close()`; nothing of ours.
     pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Training processes inherit this: on two shared cores, multi-threaded kernels spin on
-    barriers and run many times slower than single-threaded ones."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 async def test_job_runs_to_completion(

@@ -37,17 +37,13 @@ from shared.events import (
 from shared.settings import Settings
 
 pytestmark = [
+    pytest.mark.usefixtures("children_one_thread"),
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
 ]
 
 LEASE_TTL_S = 2.0
 Process = asyncio.subprocess.Process
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 @asynccontextmanager

@@ -3,13 +3,13 @@ gives the same metrics as one that never stopped; a crash-resumed run emits noth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from support import TINY, synthetic_recordings
+from support.training import quick_spec
 
 from services.worker.loop import train_epoch
 from services.worker.preempt import Held, Preempt
@@ -25,12 +25,7 @@ from shared.events import BatchProgress, EpochCompleted, JobStarted
 BASE: dict[str, Any] = {**TINY, "epochs": 3, "seed": 11}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +34,7 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> list[Recording]:
 
 
 def make_spec(recordings: list[Recording], out: Path, **extra: Any) -> TrainSpec:
-    return TrainSpec(
-        job_id="job",
-        config=TrainingConfig(**BASE),
-        recordings=recordings,
-        out_dir=out,
-        progress_interval_s=0.0,
-        export_onnx=False,
-        **extra,
-    )
+    return quick_spec(TrainingConfig(**BASE), recordings, out, **extra)
 
 
 class HoldAfter:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from support import TINY, synthetic_recordings
+from support.training import quick_spec
 
 from services.worker import loop
 from services.worker.checkpoint import load_checkpoint
@@ -45,14 +46,7 @@ BASE: dict[str, Any] = {**TINY, "epochs": 2, "seed": 11, "test_split": 0.0}
 the test set)."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Other suites run beside this one on two cores; multi-threaded kernels that have to
-    share cores spin on barriers and run many times slower, so train single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def config(**overrides: Any) -> TrainingConfig:
@@ -68,14 +62,7 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> list[Recording]:
 
 
 def spec(recordings: list[Recording], tmp_path: Path, **overrides: Any) -> TrainSpec:
-    return TrainSpec(
-        job_id="job",
-        config=config(**overrides),
-        recordings=recordings,
-        out_dir=tmp_path / "out",
-        progress_interval_s=0.0,
-        export_onnx=False,
-    )
+    return quick_spec(config(**overrides), recordings, tmp_path / "out")
 
 
 def of(kind: type[Event], events: list[Event]) -> list[Any]:

@@ -14,6 +14,7 @@ import structlog
 import torch
 import torch.distributed as dist
 from support import TINY, synthetic_recordings
+from support.training import quick_spec
 
 from services.worker import loop
 from services.worker.augment import Augment
@@ -33,12 +34,7 @@ BASE: dict[str, Any] = {**TINY, "epochs": 1, "seed": 3, "test_split": 0.0}
 """No test set: the counts below are of train and validation (test_evaluation.py has it)."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +52,7 @@ def iq_recordings(tmp_path_factory: pytest.TempPathFactory) -> list[Recording]:
 def make_spec(recordings: list[Recording], out_dir: Path, **overrides: Any) -> TrainSpec:
     config = TrainingConfig(**{**BASE, **overrides})
     config.check()
-    return TrainSpec(
-        job_id="job",
-        config=config,
-        recordings=recordings,
-        out_dir=out_dir,
-        progress_interval_s=0.0,
-        export_onnx=False,
-    )
+    return quick_spec(config, recordings, out_dir)
 
 
 def of(kind: type[Event], events: list[Event]) -> list[Any]:

@@ -1,5 +1,5 @@
-"""One job, from the queue to its final event: checks, the lease, the training process,
-cancellation, pausing, and checkpointing at shutdown.
+"""One job, from the queue to its final event: checks, the lease, staging, the training
+process and letting go of the job (its supervision while it trains: `supervise.py`).
 
 The worker never writes job rows: it reads the job and its recordings, and reports everything
 as events (the recorder projects them into the database). A job trains only under its lease
@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import socket
-import time
 from typing import Any
 
 import asyncpg
@@ -24,16 +23,15 @@ import structlog
 from redis.exceptions import RedisError
 
 from services.tracking import JobTrackers, delete_tracking
-from services.worker.checkpoint import BEST
 from services.worker.data import check_recordings, job_recordings, resolve_seed
 from services.worker.errors import WorkerError
 from services.worker.hardware import check_accelerator, train_threads
 from services.worker.lease import Lease
 from services.worker.listener import CommandListener, Watch
-from services.worker.preempt import Preempt
 from services.worker.process import Payload, TrainingRun
 from services.worker.run import TrainSpec
 from services.worker.staging import Staging
+from services.worker.supervise import LeaseLost, Supervisor, cancel_flag
 from shared import job_state, keys
 from shared.commands import DeleteJob
 from shared.config import TrainingConfig
@@ -45,10 +43,8 @@ from shared.events import (
     BatchProgress,
     EpochCompleted,
     Event,
-    JobCancelled,
     JobFailed,
     JobPaused,
-    JobRequeued,
     decode_event,
 )
 from shared.jobs import fetch_job, job_config
@@ -57,10 +53,6 @@ from shared.settings import Settings
 from shared.status import TERMINAL
 
 log = structlog.get_logger(__name__)
-
-FLAG_POLL_S = 0.5
-"""How often a running job re-reads its cancel flag, in case a command was missed."""
-
 
 TAIL_SCAN = 2000
 """How many of a job's newest events are read to find what an earlier attempt emitted."""
@@ -74,10 +66,6 @@ TRACKER_WAIT_S = 5.0
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class LeaseLost(Exception):
-    """Another worker holds the job's lease now: this one was presumed lost."""
 
 
 class JobRunner:
@@ -98,6 +86,7 @@ class JobRunner:
         self._emitter = AsyncEmitter(client, settings.job_stream_maxlen, retry_s=EMIT_RETRY_S)
         self._trackers = trackers
         self._staging = Staging(settings)
+        self._supervisor = Supervisor(settings, client, self._emitter)
         self.name = worker_name()
         self.running: set[str] = set()
         """Ids of the jobs this worker has taken and not yet let go (its heartbeat says)."""
@@ -156,9 +145,9 @@ class JobRunner:
     async def _run(self, job_id: str, attempt: int, watch: Watch) -> str:
         if await self._may_run(job_id) is None:
             return "skipped"
-        flag = await self._cancel_flag(job_id)
+        flag = await cancel_flag(self._client, job_id)
         if flag is not None:
-            await self._cancelled(job_id, None)
+            await self._supervisor.cancelled(job_id, None)
             return "cancelled"
         lease = Lease(self._client, job_id, self.name, self.settings.lease_ttl_s)
         if not await lease.acquire_within(self.settings.lease_ttl_s + 1.0):
@@ -251,10 +240,10 @@ class JobRunner:
             # The seed in use is logged by the trainer: a resumed run keeps its checkpoint's.
             log.info("training process started", devices=config.devices, attempt=attempt)
             try:
-                return await self._supervise(job_id, run, watch, lease, lost)
+                return await self._supervisor.supervise(job_id, run, watch, lease, lost)
             except asyncio.CancelledError:
                 # The worker is shutting down (arq cancels its jobs, and runs them again later).
-                await asyncio.shield(self._suspend(job_id, run))
+                await asyncio.shield(self._supervisor.suspend(job_id, run))
                 raise
             except LeaseLost:
                 log.error("lease lost to another worker; training stopped")
@@ -269,12 +258,6 @@ class JobRunner:
     def _redis_url(self) -> str:
         assert self.settings.redis_url, "the worker needs settings.redis_url"
         return self.settings.redis_url
-
-    async def _cancel_flag(self, job_id: str) -> str | None:
-        value = await self._client.get(keys.cancel_flag(job_id))
-        if value is None:
-            return None
-        return value.decode() if isinstance(value, bytes) else str(value)
 
     async def _stream_tail(self, job_id: str) -> StreamTail:
         """What earlier attempts of the job emitted, from the newest events of its stream."""
@@ -292,92 +275,6 @@ class JobRunner:
             if tail.point != (0, 0) and tail.epochs:
                 break
         return tail
-
-    async def _suspend(self, job_id: str, run: TrainingRun) -> None:
-        """Shutdown: have the trainer checkpoint at its next batch boundary, then leave the job
-        to the queue (arq runs a cancelled job again), to resume on another worker."""
-        if not run.alive:
-            return
-        run.hold.value = Preempt.SUSPEND
-        grace = self.settings.shutdown_grace_s
-        if await run.wait(grace) and run.exitcodes == [Preempt.SUSPEND] * len(run.exitcodes):
-            reason = "worker shutting down; the job resumes from its pause checkpoint"
-        else:
-            await run.stop_within(0.0)
-            reason = "worker shutting down; the job resumes from its last epoch checkpoint"
-        if run.claim():
-            await self._emit(JobRequeued(job_id=job_id, reason=reason))
-            log.info("job checkpointed and left to the queue", reason=reason)
-
-    async def _supervise(  # noqa: C901 - the supervision loop; to be split (issue 18)
-        self, job_id: str, run: TrainingRun, watch: Watch, lease: Lease, lost: asyncio.Event
-    ) -> str:
-        next_flag_check = time.monotonic() + FLAG_POLL_S
-        while run.alive and not run.failed():
-            if watch.stop_requested.is_set():
-                return await self._cancel(job_id, run, watch)
-            if watch.pause_requested.is_set() and run.hold.value == Preempt.NONE:
-                log.info("pause requested")
-                run.hold.value = Preempt.PAUSE
-            if lost.is_set():
-                if lease.deleted:  # the delete command was missed; the lease tells
-                    return await self._cancel(job_id, run, watch)
-                raise LeaseLost(job_id)
-            if time.monotonic() >= next_flag_check:
-                if await self._flags_say_cancel(job_id, watch):
-                    return await self._cancel(job_id, run, watch)
-                next_flag_check = time.monotonic() + FLAG_POLL_S
-            try:
-                await asyncio.wait_for(watch.stop_requested.wait(), timeout=0.05)
-            except TimeoutError:
-                pass
-        if run.failed():
-            # A crashed rank may leave the others waiting in a collective.
-            await run.stop_within(self.settings.cancel_grace_s)
-        await run.wait()
-        codes = run.exitcodes
-        if codes and codes[0] == Preempt.PAUSE:
-            log.info("training paused")
-            return "paused"
-        if run.claim():
-            # The trainer reported nothing final: it died (killed, out of memory, segfault).
-            message = f"training process exited unexpectedly (exit codes {codes})"
-            log.error("training process died", exitcodes=codes)
-            await self._emit(JobFailed(job_id=job_id, error_message=message))
-            return "failed"
-        ok = all(code == 0 for code in codes) and (run.payload.spec.out_dir / BEST).exists()
-        log.info("training process finished", exitcodes=codes)
-        return "completed" if ok else "failed"
-
-    async def _flags_say_cancel(self, job_id: str, watch: Watch) -> bool:
-        """Re-read the job's cancel and pause flags (in case a command was missed). A Redis that
-        does not answer says nothing: training goes on, and the next check asks again."""
-        try:
-            if await self._cancel_flag(job_id) is not None:
-                return True
-            if await self._client.exists(keys.pause_flag(job_id)):
-                watch.pause_requested.set()
-        except (RedisError, OSError) as exc:
-            log.warning("cannot read the job's flags; training goes on", error=str(exc))
-        return False
-
-    async def _cancel(self, job_id: str, run: TrainingRun, watch: Watch) -> str:
-        started = time.monotonic()
-        mine = run.claim()
-        await run.stop_within(self.settings.cancel_grace_s)
-        if not mine:
-            # The trainer had already claimed the final event (completed or failed).
-            return "finished before cancel"
-        reason = getattr(watch.command, "reason", None)
-        await self._cancelled(job_id, reason)
-        log.info("training stopped", seconds=round(time.monotonic() - started, 3))
-        return "cancelled"
-
-    async def _cancelled(self, job_id: str, reason: str | None) -> None:
-        """Report the cancellation. The API that cancelled the job has emitted it already (the
-        final-state claim keeps this one out); this one is for a cancel the API could not
-        report. A deleted job emits nothing at all."""
-        await self._emit(JobCancelled(job_id=job_id, reason=reason or "cancelled by user"))
 
     def _remove_artifacts(self, job_id: str) -> None:
         path = self.settings.artifacts_dir / job_id
