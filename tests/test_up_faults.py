@@ -30,6 +30,7 @@ from support.processes import Up, cli_env
 from support.worker import SMALL
 
 from shared.net import free_port
+from shared.status import TERMINAL as FINISHED
 
 pytestmark = [pytest.mark.slow]
 
@@ -177,7 +178,7 @@ def test_redis_stalls_past_the_lease_do_not_fail_a_healthy_job(data_dir: Path) -
             # Each stall starts once the job has trained an epoch more than before.
             def progressed(seen: int = seen) -> int:
                 now = job(up, job_id)
-                assert now is None or now["status"] != "completed", "finished before the stall"
+                assert now is None or now["status"] not in FINISHED, ("before the stall", now)
                 return int(now["current_epoch"]) if now and now["current_epoch"] > seen else 0
 
             seen = wait_until(
