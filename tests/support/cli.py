@@ -31,8 +31,9 @@ def service_env(settings: Settings, **variables: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def heimdall(*args: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`heimdall ARGS...` with stdout and stderr in `log`; stopped (SIGTERM, then SIGKILL
-    after 15 s) when the block ends, however it ends."""
+    """`heimdall ARGS...` with stdout and stderr in `log`, in its own process group; stopped
+    (SIGTERM, then SIGKILL after 15 s) when the block ends, however it ends, and then whatever
+    is left of its group is killed (a server's worker processes that outlived their parent)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", *args],
@@ -40,6 +41,7 @@ def heimdall(*args: str, env: dict[str, str], log: Path) -> Iterator[subprocess.
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         yield proc
@@ -51,6 +53,8 @@ def heimdall(*args: str, env: dict[str, str], log: Path) -> Iterator[subprocess.
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_heimdall(
