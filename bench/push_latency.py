@@ -53,6 +53,10 @@ from shared.settings import Settings  # noqa: E402
 
 CLIENTS = Path(__file__).with_name("_push_clients.py")
 
+PIPE_LIMIT = 1 << 26
+"""Longest line read from a client process (asyncio's default of 64 KiB is one level's worth
+of 500 clients' receive times)."""
+
 
 def raise_open_files() -> int:
     import resource
@@ -146,6 +150,8 @@ async def run_level(
                 cwd=REPO,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
+                # One JSON line of every receive time: 3,000 clients x 40 events is ~2 MB.
+                limit=PIPE_LIMIT,
             )
         )
     try:

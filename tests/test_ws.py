@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -134,3 +135,32 @@ async def test_token_required_on_websocket(settings: Settings, db: asyncpg.Conne
         headers = {"Authorization": "Bearer s3cret"}
         async with websockets.connect(ws_url(base, job), additional_headers=headers) as ws:
             assert (await recv_json(ws))["event"] == "connected"
+
+
+async def test_clients_that_leave_mid_backlog_leave_no_unread_task_error(
+    api: str, db: asyncpg.Connection, redis_client: aredis.Redis
+) -> None:
+    """Viewers that drop their connection while the server sends them a job's backlog: each
+    session ends quietly (asyncio reported "Task exception was never retrieved" for the pump of
+    every such viewer)."""
+    loop = asyncio.get_running_loop()
+    unread: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unread.append(str(context.get("message"))))
+    try:
+        job = await make_job(db, epochs=3)
+        emitter = AsyncEmitter(redis_client)
+        first = await emitter.emit(JobStarted(job_id=job, total_batches=3000))
+        for batch in range(1, 3001):
+            await emitter.emit(BatchProgress(job_id=job, epoch=1, batch=batch, total_batches=3000))
+        for _ in range(8):
+            ws = await websockets.connect(ws_url(api, job, after=first))
+            assert (await recv_json(ws))["event"] == "connected"
+            ws.transport.abort()  # gone at once, mid-backlog
+            await asyncio.sleep(0.2)
+        gc.collect()
+        await asyncio.sleep(0.5)
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    assert not [m for m in unread if "never retrieved" in m], unread

@@ -248,8 +248,12 @@ async def supervise(
         for task in (pump_task, receive_task):
             task.cancel()
         await asyncio.wait({pump_task, receive_task})
-    if receive_task.done() and not receive_task.cancelled():
-        return  # the client left
+    # Both outcomes are read here, so that neither task is left with an unread exception
+    # (asyncio logs "Task exception was never retrieved" for each, once per lost client).
+    error = None if pump_task.cancelled() else pump_task.exception()
+    if not receive_task.cancelled():
+        receive_task.exception()  # read as well: the client left, or its connection broke
+        return
     after = resume_hint()
     resume = f"; reconnect with ?after={after} to resume" if after else "; reconnect to resume"
     if sub.lost.done():
@@ -260,7 +264,6 @@ async def supervise(
         else:
             await close(socket, CLOSE_TRY_AGAIN, f"live feed interrupted{resume}")
         return
-    error = None if pump_task.cancelled() else pump_task.exception()
     if isinstance(error, OSError | WebSocketDisconnect):
         return  # the client left while we were sending
     if isinstance(error, FeedLost):
