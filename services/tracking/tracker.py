@@ -36,6 +36,7 @@ from services.tracking.settings import (
 )
 from services.tracking.tensorboard import TensorBoardSink
 from shared import keys
+from shared.aio import raise_if_cancelling
 from shared.commands import DeleteJob
 from shared.emit import AsyncEmitter
 from shared.errors import HeimdallError
@@ -233,6 +234,7 @@ async def _follow(tracking: _Tracking) -> None:
             transient=(RedisConnectionError, RedisTimeoutError),
             backoff=backoff,
         )
+        raise_if_cancelling()
         if not reply:
             if await tracking.job_gone():
                 log.info("job stream gone; tracking stops")

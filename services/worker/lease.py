@@ -27,6 +27,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from shared import job_state, keys
+from shared.aio import raise_if_cancelling
 from shared.emit import AsyncEmitter
 from shared.events import JobFailed, JobRequeued
 from shared.jobs import fetch_job
@@ -152,6 +153,7 @@ class Lease:
             except (RedisError, OSError) as exc:
                 # An outage: the lease is re-asserted once Redis answers again.
                 log.warning("lease refresh failed; retrying", error=str(exc))
+            raise_if_cancelling()  # the job has ended (see shared/aio.py)
 
 
 class Reaper:
@@ -185,6 +187,7 @@ class Reaper:
             except (RedisError, OSError) as exc:
                 self._suspects.clear()
                 log.warning("reaper: store unavailable; retrying", error=str(exc))
+            raise_if_cancelling()
             await asyncio.sleep(self.interval_s)
 
     async def _missing_leases(self) -> dict[str, str] | None:

@@ -11,6 +11,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from shared import keys
+from shared.aio import raise_if_cancelling
 from shared.commands import AnyCommand, CancelJob, DeleteJob, PauseJob, decode_command
 
 log = structlog.get_logger(__name__)
@@ -79,6 +80,7 @@ class CommandListener:
                 log.warning("commands stream unavailable; retrying", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
+            raise_if_cancelling()
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     self._last_id = _text(entry_id)

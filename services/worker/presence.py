@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from services.worker.hardware import usable_cores
 from services.worker.model import cached_weights, hf_hub_id, hub_unreachable
 from shared import workers
+from shared.aio import raise_if_cancelling
 from shared.capabilities import WorkerInfo
 from shared.config import Architecture
 from shared.settings import Settings
@@ -94,6 +95,7 @@ class Presence:
                 await self.beat()
             except (RedisError, OSError) as exc:
                 log.warning("worker heartbeat failed; retrying", error=str(exc))
+            raise_if_cancelling()
             if time.monotonic() - self._probed_at > REPROBE_S:
                 self._probed_at = time.monotonic()
                 hub, cached = await asyncio.to_thread(weights_probe)
