@@ -90,10 +90,14 @@ def job_key(job_id: str, name: str = "") -> str:
     return f"jobs/{job_id}/{name}"
 
 
+TENSORBOARD_PREFIX = "tensorboard/"
+"""Where every job's TensorBoard event files are, in the store as under the data dir."""
+
+
 def tensorboard_key(job_id: str, name: str = "") -> str:
     """A job's TensorBoard event file `name`, or with no name their prefix: the path they have
     under the data dir, so a `file://` store on the data dir holds them where they are written."""
-    return f"tensorboard/{job_id}/{name}"
+    return f"{TENSORBOARD_PREFIX}{job_id}/{name}"
 
 
 def job_prefixes(job_id: str) -> tuple[str, ...]:

@@ -136,15 +136,7 @@ def stored(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -
     if request.param == "file":
         return dataclasses.replace(settings, storage_url=(tmp_path / "blobs").as_uri())
     server: S3Server = request.getfixturevalue("s3")
-    env = server.env()
-    return dataclasses.replace(
-        settings,
-        storage_url=f"s3://{BUCKET}/{uuid.uuid4().hex}",
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        aws_region=env["AWS_REGION"],
-        aws_endpoint_url=env["AWS_ENDPOINT_URL"],
-    )
+    return server.settings(settings)
 
 
 @pytest.fixture

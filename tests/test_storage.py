@@ -11,7 +11,6 @@ import dataclasses
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import redis
 from litestar.testing import AsyncTestClient
 from support import synthetic_recordings, wait_for
 from support.cli import REPO, service_env
-from support.s3 import BUCKET, S3Server
+from support.s3 import S3Server
 from support.worker import burst_worker, events_of, small_config, submit
 
 from services.worker.cache import DatasetCache
@@ -178,15 +177,7 @@ async def test_an_empty_worker_trains_from_object_storage_and_checks_hashes(
     sync_redis: redis.Redis,
     tmp_path: Path,
 ) -> None:
-    env = s3.env()
-    remote = dataclasses.replace(
-        settings,
-        storage_url=f"s3://{BUCKET}/{uuid.uuid4().hex}",
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        aws_region=env["AWS_REGION"],
-        aws_endpoint_url=env["AWS_ENDPOINT_URL"],
-    )
+    remote = s3.settings(settings)
     _import(remote, tmp_path, "rf")
     # The in-process worker shares this test's loop with the staging threads' completions; on
     # a crowded machine Redis replies may wait longer than the 3 s default.

@@ -21,14 +21,12 @@ import structlog
 
 from services.tracking.evaluation import artifact_name, evaluation_document
 from shared.events import EvaluationCompleted, Event
-from shared.storage import BlobStore, check_key, job_key, tensorboard_key
+from shared.storage import TENSORBOARD_PREFIX, BlobStore, check_key, job_key, tensorboard_key
 
 log = structlog.get_logger(__name__)
 
 SYNC_INTERVAL_S = 30.0
 """Longest time a running job's TensorBoard files in the store lag behind the local ones."""
-
-TENSORBOARD_PREFIX = "tensorboard/"
 
 
 class StoreExport:
@@ -88,7 +86,7 @@ def pull_tensorboard(store: BlobStore, root: Path) -> int:
     Nothing to do for a `file://` store on the data dir: they are the same files."""
     if (
         store.local_root is not None
-        and (store.local_root / "tensorboard").resolve() == root.resolve()
+        and (store.local_root / TENSORBOARD_PREFIX).resolve() == root.resolve()
     ):
         return 0
     pulled = 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from shared.env import EnvSettings
 from shared.settings import Settings
+from shared.storage import TENSORBOARD_PREFIX
 
 DEFAULT_MLFLOW_TIMEOUT_S = 10.0
 
@@ -43,7 +44,7 @@ class TrackingSettings(EnvSettings):
 
 def tensorboard_root(settings: Settings) -> Path:
     """The folder `heimdall tensorboard` serves: one sub-folder per job."""
-    return settings.data_dir / "tensorboard"
+    return settings.data_dir / TENSORBOARD_PREFIX
 
 
 def _name(job_id: str) -> str:

@@ -54,8 +54,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     listener = CommandListener(client)
     await listener.start()
     ctx["listener"] = listener
-    ctx["trackers"] = JobTrackers(settings, client, ctx["tracking"], open_store(settings))
-    ctx["runner"] = JobRunner(settings, ctx["db_pool"], client, listener, ctx["trackers"])
+    store = open_store(settings)  # one client per process: the runner's staging and the trackers
+    ctx["trackers"] = JobTrackers(settings, client, ctx["tracking"], store)
+    ctx["runner"] = JobRunner(
+        settings, ctx["db_pool"], client, listener, ctx["trackers"], store=store
+    )
     reaper = Reaper(settings, ctx["db_pool"], client, ctx["redis"])
     ctx["reaper"] = asyncio.create_task(reaper.run_forever(), name="heimdall-reaper")
     await asyncio.to_thread(warm_up)

@@ -51,6 +51,7 @@ from shared.jobs import fetch_job, job_config
 from shared.redis_clients import url_with_timeouts
 from shared.settings import Settings
 from shared.status import TERMINAL
+from shared.storage import BlobStore
 
 log = structlog.get_logger(__name__)
 
@@ -78,14 +79,16 @@ class JobRunner:
         client: aredis.Redis,
         listener: CommandListener,
         trackers: JobTrackers | None = None,
+        store: BlobStore | None = None,
     ) -> None:
+        """`store`: the worker's blob store, shared with its trackers (default: the settings')."""
         self.settings = settings
         self._pool = pool
         self._client = client
         self._listener = listener
         self._emitter = AsyncEmitter(client, settings.job_stream_maxlen, retry_s=EMIT_RETRY_S)
         self._trackers = trackers
-        self._staging = Staging(settings)
+        self._staging = Staging(settings, store)
         self._supervisor = Supervisor(settings, client, self._emitter)
         self.name = worker_name()
         self.running: set[str] = set()

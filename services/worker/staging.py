@@ -18,16 +18,16 @@ from shared.config import TrainingConfig
 from shared.datasets import Recording
 from shared.errors import HeimdallError
 from shared.settings import Settings
-from shared.storage import StorageConfig, open_store
+from shared.storage import BlobStore, StorageConfig, open_store
 
 
 class Staging:
     """The worker's store and cache; one per worker process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: BlobStore | None = None) -> None:
         self.settings = settings
-        self.storage = StorageConfig.from_settings(settings)
-        self.store = open_store(settings)
+        self.storage = store.config if store is not None else StorageConfig.from_settings(settings)
+        self.store = store if store is not None else open_store(settings)
         self.cache = DatasetCache(self.store, settings.cache_dir, settings.cache_max_bytes)
 
     @contextlib.contextmanager

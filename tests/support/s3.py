@@ -4,16 +4,19 @@ obstore test against) in its own process on a free port, killed when the block e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.net import free_port
+from shared.settings import Settings
 
 BUCKET = "heimdall-tests"
 """The bucket the tests' server is started with; each test takes its own prefix of it."""
@@ -37,6 +40,18 @@ class S3Server:
             "AWS_REGION": REGION,
             "AWS_ENDPOINT_URL": self.endpoint,
         }
+
+    def settings(self, base: Settings) -> Settings:
+        """`base` pointed at a fresh prefix of the tests' bucket on this server."""
+        env = self.env()
+        return dataclasses.replace(
+            base,
+            storage_url=f"s3://{BUCKET}/{uuid.uuid4().hex}",
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            aws_region=env["AWS_REGION"],
+            aws_endpoint_url=env["AWS_ENDPOINT_URL"],
+        )
 
     def create_bucket(self, name: str) -> None:
         # boto3 comes with moto; Heimdall itself never creates buckets.
